@@ -1,0 +1,186 @@
+"""Run configuration: YAML files mapped onto typed dataclasses, with `section.key=value` overrides.
+
+Unknown keys and wrong types are errors that name the file and the key, raised before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names where."""
+
+
+@dataclass
+class ModelConfig:
+    # A hub name, a local folder or an alias: pretrained weights are loaded from it.
+    name_or_path: str = ""
+    # transformers config fields (with model_type). Without name_or_path: build a random-initialised model from
+    # them. With it: only `dartlm params` uses them, so that the report needs no download.
+    architecture: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""  # defaults to name_or_path
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = True
+    rank: int = 128
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # empty: the architecture's attention projections
+
+
+@dataclass
+class RemSection:
+    enabled: bool = True
+    rank: int = 128
+    alpha: float = 32.0
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dart"
+    num_thought_tokens: int = 20  # C: <st> tokens for dart, <pause> tokens for pause
+    separator: str = "Answer:"
+    distill_weight: float = 20.0  # lambda
+    detach_teacher: bool = True
+
+
+@dataclass
+class DataConfig:
+    train_path: str = ""
+    eval_path: str = ""
+    format: str = "auto"  # auto | icot | jsonl | coconut
+    omit_last_step: bool = True  # drop the final CoT step of training examples (CODI's rule, used by the paper)
+    max_length: int = 512
+    skip_invalid: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    rem: RemSection = field(default_factory=RemSection)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self, where: str = "config") -> "Config":
+        if not self.model.name_or_path and not self.model.architecture:
+            raise ConfigError(f"{where}: model: set model.name_or_path (pretrained) or model.architecture (random init)")
+        if self.method.num_thought_tokens < 0:
+            raise ConfigError(f"{where}: method.num_thought_tokens must be >= 0, got {self.method.num_thought_tokens}")
+        for section, value in (("lora.rank", self.lora.rank), ("rem.rank", self.rem.rank)):
+            if value <= 0:
+                raise ConfigError(f"{where}: {section} must be > 0, got {value}")
+        if self.model.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"{where}: model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        return self
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to a YAML file, or the name of a packaged config (e.g. `paper/llama-3.2-1b-dart`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
+    if packaged.is_file():
+        return packaged
+    available = sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"no config file {str(name)!r} and no packaged config of that name; packaged: {', '.join(available)}")
+
+
+def load_config(name: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (path or packaged name), apply `section.key=value` overrides, check it."""
+    path = resolve_config_path(name)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(Config, raw, str(path)).validate(str(path))
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `section.key=value` in the raw mapping; the value is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def from_dict(cls: type, data: Any, where: str, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type.
+
+    Errors read "<file>: <section.key>: <problem>".
+    """
+    if not isinstance(data, dict):
+        label = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{where}: {label}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {names} (known here: {', '.join(sorted(known))})")
+    values = {name: _coerce(hints[name], value, where, prefix + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint, value, where: str, label: str):
+    """Check (and lightly convert: int -> float) one value against its annotation."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where, label + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, where, label)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {label}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(item, v, where, f"{label}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {label}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    wrong = (hint is int and isinstance(value, bool)) or not isinstance(value, hint)
+    if wrong:
+        raise ConfigError(f"{where}: {label}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(config) -> dict:
+    """The config as plain data (for writing the resolved config of a run)."""
+    return dataclasses.asdict(config)

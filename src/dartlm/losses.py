@@ -1,0 +1,67 @@
+"""Loss terms shared by the methods: role-masked cross-entropy and DART's hidden-state distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dartlm.data.layout import ANSWER, REASONING
+
+
+def token_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """CE of each next token: position t predicts token t+1. logits (B, T, V), ids (B, T) -> (B, T-1) in fp32."""
+    shifted = logits[:, :-1].float()  # (B, T-1, V)
+    targets = input_ids[:, 1:]  # (B, T-1)
+    return F.cross_entropy(shifted.transpose(1, 2), targets, reduction="none")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of values where mask is set; 0 (still differentiable) when nothing is selected."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def role_cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor, roles: torch.Tensor, role: int) -> torch.Tensor:
+    """Mean CE over the tokens of one role (e.g. ANSWER) across the batch. roles (B, T)."""
+    per_token = token_cross_entropy(logits, input_ids)  # (B, T-1)
+    return masked_mean(per_token, roles[:, 1:] == role)
+
+
+def cot_pathway_loss(logits, input_ids, roles) -> torch.Tensor:
+    """L_CoT: mean CE over Z (CoT + separator) plus mean CE over Y (two means, summed)."""
+    per_token = token_cross_entropy(logits, input_ids)  # (B, T-1)
+    target_roles = roles[:, 1:]
+    return masked_mean(per_token, target_roles == REASONING) + masked_mean(per_token, target_roles == ANSWER)
+
+
+def answer_loss(logits, input_ids, roles) -> torch.Tensor:
+    """Mean CE over the answer tokens (and eos) only: L_ST, and the loss of No-CoT and PauseFT."""
+    return role_cross_entropy(logits, input_ids, roles, ANSWER)
+
+
+def gather_positions(hidden_states: tuple[torch.Tensor, ...], positions: torch.Tensor) -> torch.Tensor:
+    """Hidden states of every decoder layer at one position per row.
+
+    hidden_states: transformers' tuple (embeddings, layer 1, ..., layer L), each (B, T, n); positions (B,).
+    Returns (L, B, n): layers 1..L, as the paper's sum over l = 1..L (the embedding output is excluded).
+    """
+    rows = torch.arange(positions.shape[0], device=positions.device)
+    return torch.stack([h[rows, positions] for h in hidden_states[1:]])
+
+
+def distill_loss(teacher: torch.Tensor, student: torch.Tensor, *, detach_teacher: bool = True) -> torch.Tensor:
+    """L_distill = (1/L) sum_l mean|h_cot[l] - h_st[l]| / std(h_cot[l]).
+
+    teacher, student: (L, B, n). std is one scalar per layer over the whole (B, n) teacher tensor (unbiased, as
+    torch.std), as CODI normalises. Computed in fp32.
+    """
+    if teacher.shape != student.shape:
+        raise ValueError(f"teacher {tuple(teacher.shape)} and student {tuple(student.shape)} differ in shape")
+    teacher = teacher.float()
+    student = student.float()
+    if detach_teacher:
+        teacher = teacher.detach()
+    layers = teacher.shape[0]
+    scale = teacher.reshape(layers, -1).std(dim=1)  # (L,)
+    distance = (teacher - student).abs().reshape(layers, -1).mean(dim=1)  # (L,)
+    return (distance / scale).mean()

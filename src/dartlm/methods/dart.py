@@ -1,0 +1,56 @@
+"""DART's objective: L = L_CoT + L_ST + lambda * L_distill (paper eq. 5, spec sections 1 and 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, gather_positions
+from dartlm.model.rem import rem_disabled
+
+
+@dataclass(frozen=True)
+class DartLossSettings:
+    distill_weight: float = 20.0  # lambda
+    detach_teacher: bool = True  # CODI detaches its teacher; the paper does not say
+
+
+@dataclass
+class DartLoss:
+    """The total and its three terms (the terms detached, for logging)."""
+
+    total: torch.Tensor
+    cot: torch.Tensor
+    st: torch.Tensor
+    distill: torch.Tensor
+
+    def logs(self) -> dict[str, float]:
+        return {"loss_cot": self.cot.item(), "loss_st": self.st.item(), "loss_distill": self.distill.item()}
+
+
+def run_pathway(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Forward one pathway with every layer's hidden states."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+
+
+def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], settings: DartLossSettings) -> DartLoss:
+    """Both pathways through the same model: the CoT pathway without REM (teacher), the ST pathway with it.
+
+    batch: {"cot": pathway tensors, "st": pathway tensors} as made by DartCollator.
+    """
+    cot, st = batch["cot"], batch["st"]
+    with rem_disabled(model):
+        teacher = run_pathway(model, cot)
+    loss_cot = cot_pathway_loss(teacher.logits, cot["input_ids"], cot["roles"])
+    h_teacher = gather_positions(teacher.hidden_states, cot["anchor"])  # (L, B, n)
+    del teacher
+
+    student = run_pathway(model, st)
+    loss_st = answer_loss(student.logits, st["input_ids"], st["roles"])
+    h_student = gather_positions(student.hidden_states, st["anchor"])  # (L, B, n)
+
+    loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
+    total = loss_cot + loss_st + settings.distill_weight * loss_distill
+    return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach())

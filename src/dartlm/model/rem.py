@@ -1,0 +1,257 @@
+"""REM, the Reasoning Evolvement Module: a low-rank residual on the inputs of the key and value projections.
+
+For every decoder layer and J in {K, V} (paper section 3.2):
+
+    x' = x + (alpha / d) * (x @ W_R1) @ W_R2.T        x: (..., n), W_R1, W_R2: (n, d)
+    k = k_proj(x'_K)        v = v_proj(x'_V)           q_proj still sees x
+
+REM is active only on the silent-thought pathway; the CoT pathway runs the same model inside
+`rem_disabled(model)`. Because x -> x' is linear, REM folds exactly into the projection weights
+(`merge_rem`), leaving the plain base architecture.
+
+Two attention layouts are supported:
+- separate `k_proj` / `v_proj` linears (Llama, Mistral, Qwen2, Qwen3, Gemma, SmolLM, ...): each projection is
+  wrapped in `RemProjection`;
+- GPT-2's fused `c_attn` (a `Conv1D` producing [q | k | v]): wrapped in `RemFusedQKV`, which feeds REM-transformed
+  inputs to the K and V column blocks only, so Q is untouched.
+
+The wrapped projection lives in the attribute `proj` (not `base_layer`), so that PEFT's own unload/merge walks
+through the wrapper and handles a LoRA layer inside it as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+SUPPORTED_FAMILIES = (
+    "Llama-style attention with separate `k_proj`/`v_proj` (Llama, Mistral, Qwen2, Qwen3, Gemma, SmolLM)",
+    "GPT-2 with a fused `c_attn` (Conv1D)",
+)
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model has no attention module REM knows how to adapt."""
+
+
+@dataclass(frozen=True)
+class RemSettings:
+    """REM hyper-parameters; the paper uses d = 128, alpha = 32 (section 4.2)."""
+
+    rank: int = 128
+    alpha: float = 32.0
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+
+class LowRankResidual(nn.Module):
+    """x -> x + s * up(down(x)), the identity at initialisation (`up` starts at zero, as LoRA's B does)."""
+
+    def __init__(self, features: int, rank: int, scaling: float):
+        super().__init__()
+        self.down = nn.Linear(features, rank, bias=False)  # weight (d, n) = W_R1^T
+        self.up = nn.Linear(rank, features, bias=False)  # weight (n, d) = W_R2
+        self.scaling = scaling
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Adapter weights may be kept in fp32 while the model runs in bf16: compute in theirs, return in x's.
+        delta = self.up(self.down(x.to(self.down.weight.dtype))) * self.scaling  # (..., n)
+        return x + delta.to(x.dtype)
+
+    @torch.no_grad()
+    def matrix(self) -> torch.Tensor:
+        """The (n, n) matrix M with x' = x @ M, in fp32: I + s * W_R1 @ W_R2^T."""
+        down = self.down.weight.float()  # (d, n)
+        up = self.up.weight.float()  # (n, d)
+        eye = torch.eye(down.shape[1], device=down.device)
+        return eye + self.scaling * down.T @ up.T
+
+
+class RemProjection(nn.Module):
+    """A key or value projection whose input first passes through REM (when enabled)."""
+
+    def __init__(self, proj: nn.Module, features: int, settings: RemSettings):
+        super().__init__()
+        self.proj = proj
+        self.rem = LowRankResidual(features, settings.rank, settings.scaling)
+        self.rem_enabled = True
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.rem_enabled:
+            x = self.rem(x)
+        return self.proj(x, *args, **kwargs)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """Fold REM into the (plain `nn.Linear`) projection and return it: W <- W @ M^T, bias unchanged."""
+        linear = _require(self.proj, nn.Linear)
+        weight = linear.weight  # (out, n); y = W x' = W M^T x
+        linear.weight.copy_((weight.float() @ self.rem.matrix().T).to(weight.dtype))
+        return linear
+
+
+class RemFusedQKV(nn.Module):
+    """GPT-2's fused `c_attn`: Q from the raw input, K and V from their own REM-transformed inputs."""
+
+    def __init__(self, proj: nn.Module, features: int, settings: RemSettings):
+        super().__init__()
+        self.proj = proj
+        self.rem_k = LowRankResidual(features, settings.rank, settings.scaling)
+        self.rem_v = LowRankResidual(features, settings.rank, settings.scaling)
+        self.features = features
+        self.rem_enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.proj(x)  # (B, T, 3n)
+        if not self.rem_enabled:
+            return qkv
+        n = self.features
+        # The fused projection (possibly with LoRA inside) is linear per column block, so running it on the
+        # K- and V-inputs and keeping only their blocks equals separate K and V projections of x'.
+        k = self.proj(self.rem_k(x))[..., n : 2 * n]
+        v = self.proj(self.rem_v(x))[..., 2 * n :]
+        return torch.cat([qkv[..., :n], k, v], dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """Fold REM into the K and V column blocks of the `Conv1D` weight (y = x W + b); Q is left as is."""
+        conv = self.proj
+        if not hasattr(conv, "nf") or conv.weight.shape != (self.features, 3 * self.features):
+            raise TypeError(f"expected GPT-2's Conv1D(3n, n) inside RemFusedQKV, found {type(conv).__name__}")
+        n = self.features
+        weight = conv.weight  # (n, 3n)
+        for block, rem in ((slice(n, 2 * n), self.rem_k), (slice(2 * n, 3 * n), self.rem_v)):
+            weight[:, block] = (rem.matrix() @ weight[:, block].float()).to(weight.dtype)
+        return conv
+
+
+REM_WRAPPERS = (RemProjection, RemFusedQKV)
+
+
+def _require(module: nn.Module, kind: type) -> nn.Module:
+    if not isinstance(module, kind):
+        raise TypeError(
+            f"REM can only be merged into a plain {kind.__name__}, found {type(module).__name__}; "
+            "merge LoRA first (PeftModel.merge_and_unload)"
+        )
+    return module
+
+
+def _projection_features(proj: nn.Module) -> int:
+    """Input width of a projection, looking through a PEFT LoRA layer if there is one."""
+    base = proj.get_base_layer() if hasattr(proj, "get_base_layer") else proj
+    if isinstance(base, nn.Linear):
+        return base.in_features
+    if hasattr(base, "nf"):  # transformers' Conv1D: weight (in, out)
+        return base.weight.shape[0]
+    raise UnsupportedArchitectureError(f"cannot read the input width of {type(base).__name__}")
+
+
+def find_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(module name, attention module, layout) for every self-attention REM applies to.
+
+    layout is "separate" (k_proj + v_proj) or "fused" (GPT-2 c_attn). Cross-attention is skipped.
+    """
+    sites = []
+    for name, module in model.named_modules():
+        if isinstance(module, REM_WRAPPERS):
+            raise ValueError("REM is already injected into this model")
+        if hasattr(module, "k_proj") and hasattr(module, "v_proj"):
+            sites.append((name, module, "separate"))
+        elif hasattr(module, "c_attn") and not getattr(module, "is_cross_attention", False):
+            sites.append((name, module, "fused"))
+    if not sites:
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__}: REM looks for attention modules with separate `k_proj` and `v_proj` "
+            "projections or with GPT-2's fused `c_attn`, and found neither. Supported: "
+            + "; ".join(SUPPORTED_FAMILIES)
+            + ". Attention-like modules in this model: "
+            + (", ".join(sorted(_attention_like_classes(model))) or "none")
+        )
+    return sites
+
+
+def _attention_like_classes(model: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in model.modules() if "attention" in type(m).__name__.lower()}
+
+
+def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
+    """Wrap the K/V inputs of every self-attention module with REM (identity at init); returns the wrappers.
+
+    Inject after LoRA, so that REM's transformed input reaches the LoRA branch of k/v as well as the base weight.
+    """
+    wrappers: list[nn.Module] = []
+    for _, attn, layout in find_attention_sites(model):
+        if layout == "separate":
+            for attr in ("k_proj", "v_proj"):
+                proj = getattr(attn, attr)
+                wrapper = RemProjection(proj, _projection_features(proj), settings)
+                setattr(attn, attr, wrapper)
+                wrappers.append(wrapper)
+        else:
+            proj = attn.c_attn
+            wrapper = RemFusedQKV(proj, _projection_features(proj), settings)
+            attn.c_attn = wrapper
+            wrappers.append(wrapper)
+    reference = next(model.parameters())
+    for wrapper in wrappers:
+        # Adapters live in fp32 (as PEFT keeps LoRA) on the model's device, whatever the base dtype.
+        for rem in _rems(wrapper):
+            rem.to(device=reference.device, dtype=torch.float32)
+    return wrappers
+
+
+def _rems(wrapper: nn.Module) -> list[LowRankResidual]:
+    return [m for m in wrapper.children() if isinstance(m, LowRankResidual)]
+
+
+def rem_wrappers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, REM_WRAPPERS)]
+
+
+def rem_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every REM weight in the model."""
+    for name, param in model.named_parameters():
+        if ".rem" in name and (name.endswith("down.weight") or name.endswith("up.weight")):
+            yield name, param
+
+
+@contextlib.contextmanager
+def rem_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the model without REM (the CoT pathway); restores the previous state on exit, also on error."""
+    wrappers = rem_wrappers(model)
+    previous = [w.rem_enabled for w in wrappers]
+    for w in wrappers:
+        w.rem_enabled = False
+    try:
+        yield
+    finally:
+        for w, state in zip(wrappers, previous):
+            w.rem_enabled = state
+
+
+@torch.no_grad()
+def merge_rem(model: nn.Module) -> int:
+    """Fold every REM into its projection weight and remove the wrappers; returns how many were merged.
+
+    LoRA must already be merged (the wrapped projections must be plain `nn.Linear` / `Conv1D`).
+    """
+    count = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, REM_WRAPPERS):
+                plain = child.merged()
+                if not torch.isfinite(plain.weight).all():
+                    raise FloatingPointError(f"merging REM into {child_name} produced non-finite weights")
+                setattr(parent, child_name, plain)
+                count += 1
+    return count

@@ -1,0 +1,56 @@
+"""Shared fixtures: tokenizers trained on the spot and tiny random-initialised models of each family."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dartlm.data.example import Example
+from dartlm.model.tiny import tiny_config, train_tokenizer
+
+CORPUS = [
+    "Tom has 3 apples and buys 15 more. How many apples does he have? <<3+15=18>> Answer: 18",
+    "A shop sells 12 pens a day for 7 days. How many pens? <<12*7=84>> Answer: 84",
+    "Ann had 40 dollars and spent 9. Then she earned 25. How much now? <<40-9=31>> <<31+25=56>> Answer: 56",
+    "Every gerpus is a terpus. Sally is a gerpus. Is Sally a terpus or a lempus? Sally is a terpus.",
+] * 20
+
+FAMILIES = {
+    "llama": dict(family="llama", tie=False),
+    "qwen2-gqa": dict(family="qwen2", heads=4, kv_heads=2, tie=False),
+    "gpt2": dict(family="gpt2"),
+}
+
+
+@pytest.fixture(scope="session", params=["byte-level", "metaspace"])
+def any_tokenizer(request):
+    return train_tokenizer(CORPUS, vocab_size=300, style=request.param)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer(CORPUS, vocab_size=300, style="byte-level")
+
+
+def make_model(name: str, vocab_size: int, seed: int = 0):
+    """A tiny fp32 model of one family, deterministic for a seed, in eval mode."""
+    torch.manual_seed(seed)
+    spec = dict(FAMILIES[name])
+    model = AutoModelForCausalLM.from_config(tiny_config(vocab_size=vocab_size, **spec))
+    return model.eval()
+
+
+@pytest.fixture
+def example():
+    return Example(
+        question="Ann had 40 dollars and spent 9. Then she earned 25. How much now?",
+        steps=("<<40-9=31>>", "<<31+25=56>>"),
+        answer="56",
+        origin="fixture:1",
+    )

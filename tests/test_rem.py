@@ -1,0 +1,168 @@
+"""REM: identity at init, the off switch, exact merges on Llama, Qwen2 (GQA) and GPT-2, and clear errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import FAMILIES, make_model
+from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters
+from dartlm.model.export import merge_adapters
+from dartlm.model.rem import (
+    RemFusedQKV,
+    RemProjection,
+    RemSettings,
+    UnsupportedArchitectureError,
+    inject_rem,
+    rem_disabled,
+    rem_wrappers,
+)
+
+LORA = LoraSettings(rank=8, alpha=16)
+REM = RemSettings(rank=8, alpha=16)
+
+
+def ids_for(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (3, 11), generator=torch.Generator().manual_seed(1))
+
+
+def randomise_trainable(model: nn.Module, seed: int = 2) -> None:
+    """Give every adapter weight a non-zero value (LoRA B and REM's up start at zero)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rem_is_identity_at_init(family, tokenizer):
+    model = make_model(family, len(tokenizer))
+    ids = ids_for(len(tokenizer))
+    before = model(ids).logits
+    inject_rem(model, REM)
+    assert len(rem_wrappers(model)) == (2 if family != "gpt2" else 1) * model.config.num_hidden_layers
+    assert torch.equal(model(ids).logits, before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rem_switched_off_is_bit_identical_to_lora_only(family, tokenizer):
+    lora_only = attach_adapters(make_model(family, len(tokenizer)), LORA, None)
+    randomise_trainable(lora_only)
+    with_rem = copy.deepcopy(lora_only)
+    inject_rem(with_rem, REM)
+    randomise_trainable(with_rem, seed=3)  # re-randomises LoRA too: copy LoRA back from the LoRA-only model
+    with torch.no_grad():
+        lora_weights = {n: p for n, p in lora_only.named_parameters() if p.requires_grad}
+        for name, param in with_rem.named_parameters():
+            plain_name = name.replace(".proj.", ".")
+            if plain_name in lora_weights:
+                param.copy_(lora_weights[plain_name])
+    ids = ids_for(len(tokenizer))
+    expected = lora_only(input_ids=ids).logits
+    with rem_disabled(with_rem):
+        assert torch.equal(with_rem(input_ids=ids).logits, expected)
+    # REM on (non-zero) changes the output, so the comparison above is not vacuous.
+    assert not torch.allclose(with_rem(input_ids=ids).logits, expected, atol=1e-4)
+
+
+def test_rem_disabled_restores_state_after_an_error(tokenizer):
+    model = make_model("llama", len(tokenizer))
+    inject_rem(model, REM)
+    with pytest.raises(RuntimeError):
+        with rem_disabled(model):
+            assert not any(w.rem_enabled for w in rem_wrappers(model))
+            raise RuntimeError("boom")
+    assert all(w.rem_enabled for w in rem_wrappers(model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_is_exact_and_leaves_the_plain_architecture(family, tokenizer):
+    base = make_model(family, len(tokenizer))
+    base_count = sum(p.numel() for p in base.parameters())
+    base_modules = {type(m) for m in base.modules()}
+    tok = copy.deepcopy(tokenizer)
+    add_special_token(base, tok, ST_TOKEN)
+    model = attach_adapters(base, LORA, REM)
+    randomise_trainable(model)
+    ids = ids_for(len(tok))
+    reference = model(input_ids=ids).logits
+    merged = merge_adapters(model)
+    difference = (merged(input_ids=ids).logits - reference).abs().max().item()
+    assert difference < 1e-4
+    # The merged model holds only module types of the base architecture...
+    assert {type(m) for m in merged.modules()} <= base_modules
+    # ...and exactly its parameters plus the <st> row(s): one when the head is tied, two otherwise.
+    hidden = merged.config.hidden_size if family != "gpt2" else merged.config.n_embd
+    rows = 1 if merged.config.tie_word_embeddings else 2
+    assert sum(p.numel() for p in merged.parameters()) == base_count + rows * hidden
+
+
+def test_gpt2_merge_keeps_query_columns(tokenizer):
+    model = make_model("gpt2", len(tokenizer))
+    inject_rem(model, REM)
+    randomise_trainable(model)
+    n = model.config.n_embd
+    before = model.transformer.h[0].attn.c_attn.proj.weight.detach().clone()  # (n, 3n)
+    merge_adapters(model)
+    after = model.transformer.h[0].attn.c_attn.weight
+    assert torch.equal(after[:, :n], before[:, :n])
+    assert not torch.allclose(after[:, n:], before[:, n:])
+
+
+def test_gpt2_rem_leaves_query_untouched_in_forward(tokenizer):
+    model = make_model("gpt2", len(tokenizer))
+    inject_rem(model, REM)
+    randomise_trainable(model)
+    fused = model.transformer.h[0].attn.c_attn
+    assert isinstance(fused, RemFusedQKV)
+    x = torch.randn(2, 5, model.config.n_embd)
+    n = model.config.n_embd
+    with_rem = fused(x)
+    with rem_disabled(model):
+        without = fused(x)
+    assert torch.equal(with_rem[..., :n], without[..., :n])
+    assert not torch.allclose(with_rem[..., n:], without[..., n:])
+
+
+def test_llama_rem_matches_the_formula(tokenizer):
+    """x' = x + (alpha/d) (x W_R1) W_R2^T, then k_proj(x')."""
+    model = make_model("llama", len(tokenizer))
+    inject_rem(model, REM)
+    randomise_trainable(model)
+    wrapper = model.model.layers[0].self_attn.k_proj
+    assert isinstance(wrapper, RemProjection)
+    x = torch.randn(2, 5, model.config.hidden_size)
+    w_r1 = wrapper.rem.down.weight.T  # (n, d)
+    w_r2 = wrapper.rem.up.weight  # (n, d)
+    expected = wrapper.proj(x + (REM.alpha / REM.rank) * (x @ w_r1) @ w_r2.T)
+    assert torch.allclose(wrapper(x), expected, atol=1e-6)
+
+
+def test_unsupported_architecture_names_what_it_looked_for():
+    class FusedQKV(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv_proj = nn.Linear(8, 24)
+
+    class WeirdAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = FusedQKV()
+
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        inject_rem(WeirdAttention(), REM)
+    message = str(err.value)
+    assert "k_proj" in message and "v_proj" in message and "c_attn" in message
+    assert "Llama" in message and "GPT-2" in message and "WeirdAttention" in message
+
+
+def test_merge_requires_lora_merged_first(tokenizer):
+    model = attach_adapters(make_model("llama", len(tokenizer)), LORA, REM)
+    from dartlm.model.rem import merge_rem
+
+    with pytest.raises(TypeError, match="merge LoRA first"):
+        merge_rem(model)
