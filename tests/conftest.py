@@ -54,3 +54,27 @@ def example():
         answer="56",
         origin="fixture:1",
     )
+
+
+def write_arithmetic_file(path, count: int = 64, seed: int = 0) -> None:
+    """A small iCoT-format training file of two-step problems; every number has two digits, so every example
+    has the same token count (per-rank means then equal the global mean in the two-process test)."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        a, b, c = rng.randint(10, 40), rng.randint(10, 40), rng.randint(2, 2)
+        total = (a + b) * c
+        lines.append(
+            f"Tom has {a} apples and buys {b} more. He doubles them. How many apples?"
+            f"||<<{a}+{b}={a + b}>> <<{a + b}*{c}={total}>> #### {total}"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    path = tmp_path / "train.txt"
+    write_arithmetic_file(path)
+    return path

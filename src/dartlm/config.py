@@ -63,8 +63,30 @@ class DataConfig:
     eval_path: str = ""
     format: str = "auto"  # auto | icot | jsonl | coconut
     omit_last_step: bool = True  # drop the final CoT step of training examples (CODI's rule, used by the paper)
-    max_length: int = 512
-    skip_invalid: bool = False
+    max_length: int = 512  # longer examples are an error, unless drop_long
+    drop_long: bool = False  # drop (and count) examples longer than max_length
+    skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = ""  # the run folder; default runs/<config name>
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    lr: float = 8e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2  # 0 keeps every checkpoint
+    bf16: bool | str = "auto"  # "auto": on when a CUDA device supports it
+    dataloader_workers: int = 0
+    progress_bar: bool = True
 
 
 @dataclass
@@ -74,6 +96,7 @@ class Config:
     rem: RemSection = field(default_factory=RemSection)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def validate(self, where: str = "config") -> "Config":
         if not self.model.name_or_path and not self.model.architecture:
@@ -83,6 +106,12 @@ class Config:
         for section, value in (("lora.rank", self.lora.rank), ("rem.rank", self.rem.rank)):
             if value <= 0:
                 raise ConfigError(f"{where}: {section} must be > 0, got {value}")
+        if self.training.bf16 not in (True, False, "auto"):
+            raise ConfigError(f"{where}: training.bf16 must be auto, true or false, got {self.training.bf16!r}")
+        from dartlm.methods import METHODS  # late: methods import this module
+
+        if self.method.name not in METHODS:
+            raise ConfigError(f"{where}: method.name: unknown method {self.method.name!r}; available: {', '.join(METHODS)}")
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}: model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
         return self

@@ -1,0 +1,23 @@
+"""Every method, listed in one mapping: name -> class."""
+
+from __future__ import annotations
+
+from dartlm.config import ConfigError, MethodConfig
+from dartlm.methods.base import Method
+from dartlm.methods.dart import DartMethod
+from dartlm.methods.sft import CotMethod, NoCotMethod, PauseMethod
+
+METHODS: dict[str, type[Method]] = {
+    "dart": DartMethod,
+    "cot": CotMethod,
+    "nocot": NoCotMethod,
+    "pause": PauseMethod,
+}
+
+
+def get_method(config: MethodConfig) -> Method:
+    try:
+        cls = METHODS[config.name]
+    except KeyError:
+        raise ConfigError(f"method.name: unknown method {config.name!r}; available: {', '.join(METHODS)}") from None
+    return cls(config)

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dartlm.data.layout import DartCollator, DartFeatures, build_pathway
 from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, gather_positions
+from dartlm.methods.base import Method, thoughts
+from dartlm.model.adapters import ST_TOKEN
 from dartlm.model.rem import rem_disabled
 
 
@@ -54,3 +57,31 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
     total = loss_cot + loss_st + settings.distill_weight * loss_distill
     return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach())
+
+
+class DartMethod(Method):
+    """Both pathways, REM on the ST pathway, hidden-state distillation at z_N."""
+
+    name = "dart"
+    thought_token = ST_TOKEN
+    uses_rem = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.settings = DartLossSettings(config.distill_weight, config.detach_teacher)
+
+    def layout(self, segments, thought_id):
+        return DartFeatures(
+            cot=build_pathway(segments, None),
+            st=build_pathway(segments, thoughts(thought_id, self.num_thoughts)),
+        )
+
+    def length(self, features):
+        return max(len(features.cot), len(features.st))
+
+    def collate(self, features, pad_token_id):
+        return DartCollator(pad_token_id)(features)
+
+    def loss(self, model, batch):
+        out = dart_loss(model, batch, self.settings)
+        return out.total, out.logs()

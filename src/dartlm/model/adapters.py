@@ -60,32 +60,32 @@ def ensure_pad_token(tokenizer) -> None:
 
 
 def add_special_token(model: nn.Module, tokenizer, token: str) -> int:
-    """Add `token` to the tokenizer and give it an embedding row; returns its id.
+    """Make sure `token` is in the tokenizer and has an embedding row; returns its id.
 
-    The new row is the mean of the existing rows (deterministic, and in the span of real embeddings). The
-    matrix grows only when the id does not fit: some models (Qwen2.5) have spare padded rows already.
+    A new row is the mean of the existing rows (deterministic, and in the span of real embeddings). The matrix
+    grows only when the id does not fit: some models (Qwen2.5) have spare padded rows already. A tokenizer that
+    already knows the token (reloaded from a run folder) still gets the row added to a fresh base model.
     """
-    existing = tokenizer.convert_tokens_to_ids(token)
-    if existing is not None and existing != tokenizer.unk_token_id:
-        return existing
-    tokenizer.add_tokens([token], special_tokens=True)
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([token], special_tokens=True)
     token_id = tokenizer.convert_tokens_to_ids(token)
-    embeddings = model.get_input_embeddings()
-    old_rows = embeddings.weight.shape[0]
-    if token_id >= old_rows:
-        model.resize_token_embeddings(token_id + 1, mean_resizing=False)
-    if embeddings.weight.device.type == "meta":
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if token_id < old_rows:
+        return token_id
+    model.resize_token_embeddings(token_id + 1, mean_resizing=False)
+    if model.get_input_embeddings().weight.device.type == "meta":
         return token_id
     with torch.no_grad():
-        _set_row_to_mean(model.get_input_embeddings().weight, token_id, old_rows)
+        embeddings = model.get_input_embeddings().weight
+        _set_row_to_mean(embeddings, token_id, old_rows)
         head = model.get_output_embeddings()
-        if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        if head is not None and head.weight.data_ptr() != embeddings.data_ptr():
             _set_row_to_mean(head.weight, token_id, old_rows)
     return token_id
 
 
 def _set_row_to_mean(weight: torch.Tensor, row: int, old_rows: int) -> None:
-    weight[row] = weight[: min(old_rows, row)].float().mean(dim=0).to(weight.dtype)
+    weight[old_rows : row + 1] = weight[:old_rows].float().mean(dim=0).to(weight.dtype)
 
 
 def attach_adapters(model: nn.Module, lora: LoraSettings | None, rem: RemSettings | None) -> nn.Module:

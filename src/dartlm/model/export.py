@@ -26,13 +26,18 @@ class MergeMismatchError(RuntimeError):
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """How an exported model expects to be prompted: [bos] Q + joiner? + thought_token * C + joiner + separator."""
+    """How an exported model expects to be prompted.
+
+    decode "answer": ids([bos] + Q) + [thought_token] * C + ids(joiner + separator), then the answer.
+    decode "cot": ids([bos] + Q), then the model writes the CoT, the separator and the answer.
+    """
 
     method: str
     num_thought_tokens: int
     thought_token: str | None
     separator: str
     joiner: str = " "
+    decode: str = "answer"  # "answer": prompt ends with the separator; "cot": the model writes CoT first
     format_version: int = 1
 
     def save(self, folder: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
@@ -38,8 +40,21 @@ def build_meta_model(model: ModelConfig):
         return AutoModelForCausalLM.from_config(architecture_config(model))
 
 
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def resolve_asset(name: str) -> str:
+    """`dartlm:NAME` is a folder packaged under dartlm/assets; anything else is returned as is."""
+    if name.startswith("dartlm:"):
+        path = ASSETS / name.removeprefix("dartlm:")
+        if not path.exists():
+            raise ConfigError(f"no packaged asset {name!r}; available: {', '.join(sorted(p.name for p in ASSETS.iterdir()))}")
+        return str(path)
+    return name
+
+
 def load_tokenizer(model: ModelConfig):
     source = model.tokenizer or model.name_or_path
     if not source:
-        raise ConfigError("model.tokenizer: a random-initialised model needs a tokenizer folder")
-    return AutoTokenizer.from_pretrained(source)
+        raise ConfigError("model.tokenizer: a random-initialised model needs a tokenizer (a folder or dartlm:tiny-tokenizer)")
+    return AutoTokenizer.from_pretrained(resolve_asset(source))

@@ -65,3 +65,29 @@ def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
         max_position_embeddings=max_positions, tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0,
     )
+
+
+# A small corpus of word-problem text: enough for a tokenizer that encodes such problems compactly (any other
+# text still encodes, byte by byte).
+TINY_CORPUS = [
+    f"{name} has {a} {thing} and {verb} {b} more. How many {thing} does {name} have now? "
+    f"<<{a}+{b}={a + b}>> <<{a + b}*2={2 * (a + b)}>> Answer: {a + b}"
+    for name in ("Tom", "Ann", "Sam", "Lily", "The shop", "A farmer", "Every student")
+    for thing, verb in (("apples", "buys"), ("eggs", "gets"), ("dollars", "earns"), ("books", "reads"),
+                        ("pens", "sells"), ("miles", "drives"), ("cookies", "bakes"))
+    for a, b in ((3, 15), (12, 7), (40, 9))
+] + [
+    "Every gerpus is a terpus. Sally is a gerpus. Is Sally a terpus or a lempus? Sally is a terpus.",
+    "What is the total cost if each item costs 4 dollars and she buys 6 items per week for 3 weeks?",
+    "He spent half of his money, then a third of the rest, and had 10 left. How much did he start with?",
+]
+
+
+def build_tiny_tokenizer(out_dir: str) -> None:
+    train_tokenizer(TINY_CORPUS, vocab_size=384, style="byte-level").save_pretrained(out_dir)
+
+
+if __name__ == "__main__":
+    import sys
+
+    build_tiny_tokenizer(sys.argv[1])

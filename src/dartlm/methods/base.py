@@ -1,0 +1,75 @@
+"""What every method says: its special token, how an example is laid out, its loss, and how it decodes."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from dartlm.config import MethodConfig
+from dartlm.data.example import Example
+from dartlm.data.layout import PromptFormat, pad_pathways, segment_example
+from dartlm.model.export import PromptSpec
+
+
+class Method:
+    """A training/inference recipe over the shared data -> train -> export -> evaluate pipeline.
+
+    Subclasses set the class attributes and implement `layout` and `loss`.
+    """
+
+    name: str = ""
+    thought_token: str | None = None  # special token added to the vocabulary (<st>, <pause>)
+    uses_rem: bool = False
+    # "answer": the prompt ends with the separator and the model writes the answer.
+    # "cot": the prompt is the question; the model writes the CoT, the separator, then the answer.
+    decode: str = "answer"
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.format = PromptFormat(separator=config.separator)
+
+    @property
+    def num_thoughts(self) -> int:
+        return self.config.num_thought_tokens if self.thought_token else 0
+
+    def encode(self, example: Example, tokenizer, thought_id: int | None) -> Any:
+        """The training features of one example."""
+        return self.layout(segment_example(example, tokenizer, self.format), thought_id)
+
+    def layout(self, segments, thought_id: int | None) -> Any:
+        raise NotImplementedError
+
+    def length(self, features: Any) -> int:
+        """The longest sequence of one example's features (checked against data.max_length)."""
+        return len(features)
+
+    def collate(self, features: Sequence[Any], pad_token_id: int) -> dict[str, Any]:
+        return pad_pathways(features, pad_token_id)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, extra scalar terms to log)."""
+        raise NotImplementedError
+
+    def prompt_spec(self) -> PromptSpec:
+        return PromptSpec(
+            method=self.name,
+            num_thought_tokens=self.num_thoughts,
+            thought_token=self.thought_token,
+            separator=self.config.separator,
+            joiner=self.format.joiner,
+            decode=self.decode,
+        )
+
+
+def thoughts(thought_id: int | None, count: int) -> list[int]:
+    if count and thought_id is None:
+        raise ValueError("thought tokens requested but the thought token has no id")
+    return [thought_id] * count if count else []
+
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], **kwargs):
+    """Run the model on one padded pathway batch."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)

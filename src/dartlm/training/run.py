@@ -1,0 +1,267 @@
+"""`dartlm train`: one run folder per training run, and rebuilding a trained model from that folder.
+
+A run folder holds:
+    config.yaml            the resolved configuration (overrides applied)
+    dartlm_run.json        marks the folder as a dartlm run; versions; the thought-token id
+    tokenizer/             the tokenizer with the method's special token
+    base/                  the initial weights, for random-initialised models only (pretrained ones are reloaded)
+    log.jsonl              every logged step
+    checkpoint-N/          Trainer checkpoints (trainable weights, optimizer, scheduler, RNG)
+    trainable.safetensors  the final trainable weights
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from dartlm import __version__
+from dartlm.config import Config, from_dict, to_dict
+from dartlm.data.readers import DataError
+from dartlm.data.sources import load_examples
+from dartlm.methods import get_method
+from dartlm.methods.base import Method
+from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
+from dartlm.model.prepare import prepare_model
+from dartlm.training.trainer import TRAINABLE_WEIGHTS, JsonlLogCallback, MethodTrainer, load_trainable_state
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "dartlm_run.json"
+
+
+class RunError(RuntimeError):
+    """The run folder is missing, not a dartlm run, or would be overwritten."""
+
+
+class FeatureDataset(Dataset):
+    def __init__(self, features: list):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int):
+        return self.features[index]
+
+
+def encode_examples(examples, tokenizer, method: Method, thought_id, max_length: int, drop_long: bool) -> list:
+    """Tokenise every example; an over-long one is an error naming its origin unless drop_long (then counted)."""
+    features, dropped = [], []
+    for example in examples:
+        encoded = method.encode(example, tokenizer, thought_id)
+        length = method.length(encoded)
+        if length <= max_length:
+            features.append(encoded)
+        elif drop_long:
+            dropped.append(example.origin)
+        else:
+            raise DataError(
+                f"{example.origin}: example is {length} tokens long, above data.max_length={max_length}; "
+                "raise data.max_length or set data.drop_long=true to drop such examples"
+            )
+    if dropped:
+        log.warning("dropped %d examples longer than %d tokens (first: %s)", len(dropped), max_length, dropped[0])
+    if not features:
+        raise DataError(f"no training examples left (of {len(examples)}) after the length limit {max_length}")
+    return features
+
+
+def bf16_enabled(setting) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
+def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
+    t = config.training
+    on_cpu = not torch.cuda.is_available()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        optim="adamw_torch",
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit or None,
+        bf16=bf16_enabled(t.bf16),
+        use_cpu=on_cpu,  # without it, torchrun on CPU would train each rank alone
+        ddp_backend="gloo" if on_cpu and distributed else None,
+        # Both DART pathways run before one backward, and every trainable weight is used by then.
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=t.dataloader_workers,
+        remove_unused_columns=False,
+        disable_tqdm=not t.progress_bar,
+        report_to="none",
+    )
+
+
+@dataclass
+class PreparedRun:
+    model: torch.nn.Module
+    tokenizer: object
+    method: Method
+    thought_id: int | None
+
+
+def build_model(config: Config, run_dir: Path, tokenizer=None, *, fresh: bool = False) -> PreparedRun:
+    """The trainable model of a run: base weights, then the method's token, LoRA and REM.
+
+    A random-initialised base is drawn from the seed when the run starts (`fresh`, identical on every rank) and
+    saved to run_dir/base, because a resumed or exported run must find the very same weights.
+    """
+    method = get_method(config.method)
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    base_dir = run_dir / "base"
+    if config.model.name_or_path:
+        base = load_base_model(config.model)
+    elif fresh:
+        base = load_base_model(config.model)
+        if _is_main_process():
+            _save_atomically(base, base_dir)
+    elif base_dir.is_dir():
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[config.model.dtype])
+    else:
+        raise RunError(f"{run_dir}: the run's random-initialised base weights (base/) are missing")
+    model, thought_id = prepare_model(base, tokenizer, config, method)
+    return PreparedRun(model, tokenizer, method, thought_id)
+
+
+def _save_atomically(model, folder: Path) -> None:
+    """Write to a temporary sibling, then rename: a reader never sees half a folder."""
+    staging = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Never train over finished work by accident."""
+    if resume:
+        if not (run_dir / RUN_FILE).is_file():
+            raise RunError(f"{run_dir}: not a dartlm run folder (no {RUN_FILE}); nothing to resume")
+        return
+    # Rank 0 alone judges: the other ranks may look after rank 0 has started writing. If rank 0 refuses, the
+    # launcher stops them all.
+    if _is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise RunError(f"{run_dir}: the run folder is not empty; pass --resume to continue it or --overwrite")
+
+
+def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrite: bool = False) -> MethodTrainer:
+    """Train `config` into `run_dir`; resume=True continues from the last checkpoint, a path from that one."""
+    check_run_dir(run_dir, bool(resume), overwrite)
+    # Fail on bad data before any model loads.
+    examples = load_examples(
+        config.data.train_path, format=config.data.format, omit_last_step=config.data.omit_last_step,
+        skip_invalid=config.data.skip_invalid,
+    )
+    set_seed(config.training.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+        run = build_model(config, run_dir, tokenizer)
+    else:
+        run = build_model(config, run_dir, fresh=True)
+        if _is_main_process():
+            write_run_files(config, run, run_dir)
+    features = encode_examples(examples, run.tokenizer, run.method, run.thought_id, config.data.max_length,
+                               config.data.drop_long)
+    pad_id = run.tokenizer.pad_token_id
+    trainer = MethodTrainer(
+        model=run.model,
+        args=training_arguments(config, run_dir),
+        train_dataset=FeatureDataset(features),
+        data_collator=lambda batch: run.method.collate(batch, pad_id),
+        method=run.method,
+        callbacks=[JsonlLogCallback(str(run_dir / "log.jsonl"))],
+    )
+    checkpoint = None
+    if resume:
+        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(str(run_dir))
+        if checkpoint is None:
+            log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(run_dir))
+    return trainer
+
+
+def write_run_files(config: Config, run: PreparedRun, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    run.tokenizer.save_pretrained(run_dir / "tokenizer")
+    info = {"dartlm_version": __version__, "torch": torch.__version__, "method": run.method.name,
+            "thought_token_id": run.thought_id}
+    (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def load_run_config(run_dir: Path) -> Config:
+    if not (run_dir / RUN_FILE).is_file():
+        raise RunError(f"{run_dir}: not a dartlm run folder (no {RUN_FILE})")
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    return from_dict(Config, raw, str(run_dir / "config.yaml")).validate(str(run_dir / "config.yaml"))
+
+
+def load_trained(run_dir: Path, checkpoint: str | None = None, dtype: str | None = None) -> PreparedRun:
+    """Rebuild a run's model and load its final weights (or a given checkpoint's), optionally in another dtype."""
+    config = load_run_config(run_dir)
+    if dtype:
+        config.model.dtype = dtype
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    run = build_model(config, run_dir, tokenizer)
+    source = Path(checkpoint) if checkpoint else run_dir
+    weights = source / TRAINABLE_WEIGHTS
+    if not weights.is_file():
+        last = get_last_checkpoint(str(run_dir)) if not checkpoint else None
+        if last is None:
+            raise RunError(f"{source}: no {TRAINABLE_WEIGHTS}; has the run saved anything yet?")
+        weights = Path(last) / TRAINABLE_WEIGHTS
+        log.warning("%s: the run has not finished; using %s", run_dir, last)
+    load_trainable_state(run.model, str(weights))
+    run.model.eval()
+    return run
+
+
+PROBE_QUESTIONS = (
+    "Tom has 3 apples and buys 5 more. How many apples does he have?",
+    "What is 12 times 7?",
+    "A train travels 60 miles per hour for 2 hours and then 45 miles per hour for 3 hours. How far does it go?",
+)
+
+
+def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
+               tolerance: float = 1e-4, log=print) -> float:
+    """Merge a trained run into a plain HF folder (checked in fp32, saved in the run's dtype)."""
+    from dartlm.generate import left_padded, prompt_ids
+    from dartlm.model.export import export_model
+
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
+    save_dtype = DTYPES[load_run_config(run_dir).model.dtype]
+    run = load_trained(run_dir, checkpoint, dtype="float32")
+    spec = run.method.prompt_spec()
+    probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
+    return export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype, log=log)

@@ -1,0 +1,95 @@
+"""`transformers.Trainer` with one `compute_loss` per method, and checkpoints that hold only what trains."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback
+
+from dartlm.methods.base import Method
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; training stops instead of corrupting the weights."""
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter that trains (LoRA, REM, or all weights under full fine-tuning), contiguous, on CPU."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, path: str) -> None:
+    """Copy saved trainable weights into the model; every trainable parameter must be in the file."""
+    saved = load_file(path)
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing, unexpected = expected - set(saved), set(saved) - set(params)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not match the model: {len(missing)} trainable weights missing (e.g. {sorted(missing)[:2]}), "
+            f"{len(unexpected)} unknown (e.g. {sorted(unexpected)[:2]})"
+        )
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+
+
+class MethodTrainer(Trainer):
+    """Trainer whose loss is the method's; logs the method's extra terms (DART: loss_cot, loss_st, loss_distill)."""
+
+    # Our losses are means over the micro-batch; let the Trainer divide by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, method: Method, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self._terms: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, terms = self.method.loss(model, inputs)
+        if not torch.isfinite(loss):
+            bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["loss"]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.state.global_step + 1}: {', '.join(bad)} "
+                f"({', '.join(f'{k}={v}' for k, v in terms.items()) or f'loss={loss.item()}'}); "
+                "training stopped, the last saved checkpoint is intact"
+            )
+        for key, value in terms.items():
+            self._terms[key].append(value)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._terms:
+            logs.update({key: round(sum(v) / len(v), 6) for key, v in self._terms.items()})
+            self._terms.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save only the trainable weights; the base model is rebuilt from the run's config."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        save_file(trainable_state(self.accelerator.unwrap_model(self.model)), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_trainable_state(model or self.model, os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS))
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every log record (step, losses, learning rate) to a JSONL file in the run folder."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
