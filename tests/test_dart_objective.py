@@ -73,3 +73,25 @@ def test_one_step_changes_lora_and_rem_and_nothing_else(setup):
     rem = {name for name in before if ".rem" in name}
     assert changed == lora | rem
     assert lora and rem
+
+
+def test_early_cot_backward_gives_the_same_gradients(setup):
+    """Back-propagating L_CoT before the ST pathway runs (to save memory) must not change the gradients."""
+    model, batch = setup
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".rem" in name:
+                param.normal_(std=0.1)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradients(early: bool):
+        model.zero_grad()
+        out = dart_loss(model, batch, DartLossSettings(), backward=(lambda part: part.backward()) if early else None)
+        out.total.backward()
+        return out, [p.grad.clone() for p in params]
+
+    together, reference = gradients(early=False)
+    split, grads = gradients(early=True)
+    assert split.total.item() == pytest.approx(together.total.item(), rel=1e-6)
+    for a, b in zip(reference, grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

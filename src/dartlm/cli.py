@@ -1,4 +1,4 @@
-"""The `dartlm` command line: train, export, generate, params."""
+"""The `dartlm` command line: train, export, generate, eval, report, params."""
 
 from __future__ import annotations
 
@@ -41,12 +41,86 @@ def _generate(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from dartlm.eval.evaluate import EvalSettings, evaluate
+
+    output = Path(args.output or f"results/{Path(args.model_dir).name}-{args.benchmark}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    settings = EvalSettings(
+        benchmark=args.benchmark, data_path=args.data_path, limit=args.limit, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, latency_items=args.latency_items, device=args.device, dtype=args.dtype,
+    )
+    results = evaluate(Path(args.model_dir), settings, output)
+    acc, lat = results["accuracy"], results["latency_ms"]
+    print(f"{results['benchmark']}: n={results['n']} accuracy strict {100 * acc['strict']:.1f}% "
+          f"flexible {100 * acc['flexible']:.1f}%; latency median {lat.get('median', float('nan')):.1f} ms "
+          f"p90 {lat.get('p90', float('nan')):.1f} ms (batch size 1, n={lat['n']})")
+    print(f"results: {output} (per item: {output.with_suffix('.jsonl')})")
+    return 0
+
+
+def _report(args) -> int:
+    from dartlm.eval.report import load_results, markdown_table, plot_accuracy_vs_latency
+
+    results = load_results([Path(p) for p in args.results])
+    table = markdown_table(results, args.metric)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+        plot_accuracy_vs_latency(results, out.with_suffix(".png"), args.metric)
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _bench_config(args):
+    from dartlm.config import Config, load_config
+
+    if args.config:
+        return load_config(args.config, args.overrides)
+    config = Config()  # the paper's LoRA and REM sizes
+    config.model.name_or_path = args.model
+    return config.validate("--model")
+
+
+def _bench(args) -> int:
+    from dartlm import bench
+    from dartlm.data.example import Example
+    from dartlm.data.sources import load_examples
+    from dartlm.eval.benchmarks import load_benchmark
+
+    config = _bench_config(args)
+    output = Path(args.output or f"benchmarks/results/bench-{args.kind}.json")
+    if args.kind == "inference":
+        items = load_benchmark(args.benchmark, args.data_path, limit=args.limit)
+        examples = [Example(i.question, i.reference_steps, i.target) for i in items]
+        result = bench.bench_inference(config, examples, num_thoughts=args.num_thought_tokens, device=args.device)
+        table = bench.inference_table(result)
+    else:
+        examples = load_examples(args.data_path, omit_last_step=True)
+        result = bench.bench_training(config, examples, batch_size=args.batch_size, steps=args.steps,
+                                      device=args.device)
+        table = bench.training_table(result)
+    result["settings"] = {k: v for k, v in vars(args).items() if k != "run"}
+    bench.write_result(result, output, table, args.device)
+    print(table)
+    print(f"results: {output} and {output.with_suffix('.md')}")
+    return 0
+
+
 def _params(args) -> int:
     from dartlm.config import load_config
     from dartlm.params import parameter_report
 
     print(parameter_report(load_config(args.config, args.overrides)).table())
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=None)
     generate.set_defaults(run=_generate)
 
+    evaluate = commands.add_parser("eval", help="accuracy and latency of an exported model on a benchmark")
+    evaluate.add_argument("model_dir")
+    evaluate.add_argument("--benchmark", required=True, help="gsm8k, gsm-hard, svamp, multiarith, prosqa, commonsenseqa")
+    evaluate.add_argument("--data-path", help="the benchmark's local file (without it: the hub, when reachable)")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N items")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="1 also times every item (the paper's latency)")
+    evaluate.add_argument("--max-new-tokens", type=int)
+    evaluate.add_argument("--latency-items", type=int, default=100,
+                          help="with --batch-size > 1: items timed one by one afterwards (0: none)")
+    evaluate.add_argument("--output", help="summary JSON (per-item records go beside it as .jsonl)")
+    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    evaluate.set_defaults(run=_eval)
+
+    report = commands.add_parser("report", help="a Table-1-style table and an accuracy-vs-latency plot")
+    report.add_argument("results", nargs="+", help="summary JSON files written by dartlm eval")
+    report.add_argument("--output", help="write OUTPUT.md and OUTPUT.png")
+    report.add_argument("--metric", default="strict", choices=["strict", "flexible"])
+    report.set_defaults(run=_report)
+
+    bench = commands.add_parser("bench", help="cost benchmarks: inference latency or training step/FLOPs/memory")
+    bench.add_argument("kind", choices=["inference", "training"])
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a base model: hub name, local folder or alias such as smollm2-135m")
+    source.add_argument("--config", help="a config whose model section to use (e.g. tiny/dart)")
+    bench.add_argument("overrides", nargs="*", help="section.key=value for --config")
+    bench.add_argument("--benchmark", default="gsm8k", help="inference: the questions (and reference CoTs)")
+    bench.add_argument("--data-path", required=True, help="inference: benchmark file; training: training data file")
+    bench.add_argument("--limit", type=int, default=100)
+    bench.add_argument("--num-thought-tokens", type=int, default=20)
+    bench.add_argument("--batch-size", type=int, default=4, help="training: examples per step")
+    bench.add_argument("--steps", type=int, default=10, help="training: timed steps per method")
+    bench.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    bench.add_argument("--output", help="result JSON (a .md table is written beside it)")
+    bench.set_defaults(run=_bench)
+
     params = commands.add_parser("params", help="trainable-parameter breakdown of a config (no weights loaded)")
     params.add_argument("config", help="YAML file or packaged config name, e.g. paper/llama-3.2-1b-dart")
     params.add_argument("overrides", nargs="*", help="section.key=value")
@@ -91,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     from dartlm.config import ConfigError
     from dartlm.data.readers import DataError
     from dartlm.model.rem import UnsupportedArchitectureError
+    from dartlm.eval.evaluate import ResumeMismatchError
     from dartlm.training.run import RunError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError,
+            ResumeMismatchError) as err:
         print(f"dartlm {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,14 +11,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, build_pathway, pad_pathways, segment_example
+from dartlm.decoding import greedy_decode
 from dartlm.model.export import PromptSpec
 
 
 @dataclass(frozen=True)
 class Generation:
-    text: str  # everything the model wrote
+    text: str  # everything the model wrote (special tokens removed)
     answer: str  # the text after the separator (decode "cot"), or all of it (decode "answer")
     cot: str = ""  # the chain of thought, for decode "cot"
+    num_tokens: int = 0  # tokens generated, eos excluded
 
 
 def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -50,35 +52,40 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torc
     return pad_pathways([Pathway(tuple(ids), (PROMPT,) * len(ids), len(ids) - 1) for ids in prompts], pad_id, left=True)
 
 
-def split_generation(text: str, spec: PromptSpec) -> Generation:
+def split_generation(text: str, spec: PromptSpec, num_tokens: int = 0) -> Generation:
     if spec.decode != "cot":
-        return Generation(text.strip(), text.strip())
+        return Generation(text.strip(), text.strip(), "", num_tokens)
     cot, sep, answer = text.partition(spec.separator)
-    return Generation(text.strip(), answer.strip() if sep else "", cot.strip())
+    return Generation(text.strip(), answer.strip() if sep else "", cot.strip(), num_tokens)
 
 
-@torch.no_grad()
+def default_max_new_tokens(spec: PromptSpec) -> int:
+    return 256 if spec.decode == "cot" else 32
+
+
+def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                   min_new_tokens: int = 0) -> tuple[list[Generation], int]:
+    """One batch of prompt ids -> (generations, forward passes)."""
+    device = next(model.parameters()).device
+    batch = left_padded(prompts, tokenizer.pad_token_id)
+    decoded = greedy_decode(
+        model, batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    texts = tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True)
+    return [split_generation(t, spec, len(ids)) for t, ids in zip(texts, decoded.tokens)], decoded.forward_passes
+
+
 def generate(model, tokenizer, spec: PromptSpec, questions: Sequence[str], *, max_new_tokens: int | None = None,
              batch_size: int = 16) -> list[Generation]:
-    """Greedy generations, batched with left padding. max_new_tokens defaults to 32 (answer) or 256 (CoT)."""
-    if max_new_tokens is None:
-        max_new_tokens = 256 if spec.decode == "cot" else 32
-    device = next(model.parameters()).device
+    """Greedy generations, batched with left padding and a KV cache."""
+    max_new_tokens = max_new_tokens or default_max_new_tokens(spec)
     prompts = prompt_ids(questions, tokenizer, spec)
     results: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
-        batch = left_padded(prompts[start : start + batch_size], tokenizer.pad_token_id)
-        output = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        results.extend(split_generation(text, spec) for text in texts)
+        generations, _ = decode_prompts(model, tokenizer, spec, prompts[start : start + batch_size],
+                                        max_new_tokens=max_new_tokens)
+        results.extend(generations)
     return results
 
 

@@ -8,15 +8,23 @@ from pathlib import Path
 
 from dartlm.data.example import Example
 from dartlm.data.readers import DataError, ReadReport, read_examples
+from dartlm.data.synthetic import SPEC_PREFIX, load_synthetic
 
 log = logging.getLogger(__name__)
 
 
 def load_examples(source: str, *, format: str = "auto", omit_last_step: bool = False, skip_invalid: bool = False,
                   split: str = "train") -> list[Example]:
-    """Examples from a local file, or from a hub dataset named `owner/name` (fields question, cot/steps, answer)."""
+    """Examples from a local file, a generated synthetic task (`synthetic:train?steps=3&n=2000`), or a hub dataset
+    named `owner/name` (fields question, cot/steps, answer)."""
     if not source:
         raise DataError("no data given: set data.train_path to a local .txt/.jsonl/.json file")
+    if source.startswith(SPEC_PREFIX):
+        try:
+            examples = load_synthetic(source)
+        except ValueError as err:
+            raise DataError(f"{source}: {err}") from None
+        return [e.without_last_step() for e in examples] if omit_last_step else examples
     if Path(source).exists() or not _looks_like_hub_name(source):
         report = ReadReport(source)
         examples = read_examples(source, format, omit_last_step=omit_last_step, skip_invalid=skip_invalid, report=report)

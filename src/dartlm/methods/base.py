@@ -48,8 +48,13 @@ class Method:
     def collate(self, features: Sequence[Any], pad_token_id: int) -> dict[str, Any]:
         return pad_pathways(features, pad_token_id)
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, extra scalar terms to log)."""
+    def loss(self, model: nn.Module, batch: dict[str, Any], backward=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, extra scalar terms to log).
+
+        backward, during training, back-propagates a part of the loss early (scaled as the Trainer scales the
+        total); a method may use it to free activations sooner. Whatever it back-propagates must not stay in the
+        graph of the returned total.
+        """
         raise NotImplementedError
 
     def prompt_spec(self) -> PromptSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,10 +39,14 @@ def run_pathway(model: nn.Module, batch: dict[str, torch.Tensor]):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
 
 
-def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], settings: DartLossSettings) -> DartLoss:
+def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], settings: DartLossSettings,
+              backward: Callable[[torch.Tensor], None] | None = None) -> DartLoss:
     """Both pathways through the same model: the CoT pathway without REM (teacher), the ST pathway with it.
 
     batch: {"cot": pathway tensors, "st": pathway tensors} as made by DartCollator.
+    backward: when given and the teacher is detached, L_CoT is back-propagated as soon as it is known, so the
+    teacher's graph is freed before the student runs and peak memory holds one pathway's activations, not two.
+    The gradients are the same; `total` then carries L_CoT only as a value (for logging), not in its graph.
     """
     cot, st = batch["cot"], batch["st"]
     with rem_disabled(model):
@@ -49,13 +54,19 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     loss_cot = cot_pathway_loss(teacher.logits, cot["input_ids"], cot["roles"])
     h_teacher = gather_positions(teacher.hidden_states, cot["anchor"])  # (L, B, n)
     del teacher
+    early = backward is not None and settings.detach_teacher
+    if early:
+        h_teacher = h_teacher.detach()
+        backward(loss_cot)
 
     student = run_pathway(model, st)
     loss_st = answer_loss(student.logits, st["input_ids"], st["roles"])
     h_student = gather_positions(student.hidden_states, st["anchor"])  # (L, B, n)
+    del student
 
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
-    total = loss_cot + loss_st + settings.distill_weight * loss_distill
+    student_loss = loss_st + settings.distill_weight * loss_distill
+    total = student_loss + (loss_cot.detach() if early else loss_cot)
     return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach())
 
 
@@ -82,6 +93,6 @@ class DartMethod(Method):
     def collate(self, features, pad_token_id):
         return DartCollator(pad_token_id)(features)
 
-    def loss(self, model, batch):
-        out = dart_loss(model, batch, self.settings)
+    def loss(self, model, batch, backward=None):
+        out = dart_loss(model, batch, self.settings, backward)
         return out.total, out.logs()

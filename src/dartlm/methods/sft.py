@@ -17,7 +17,7 @@ class CotMethod(Method):
     def layout(self, segments, thought_id):
         return build_pathway(segments, None)
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, backward=None):
         logits = forward(model, batch).logits
         return cot_pathway_loss(logits, batch["input_ids"], batch["roles"]), {}
 
@@ -30,7 +30,7 @@ class NoCotMethod(Method):
     def layout(self, segments, thought_id):
         return build_pathway(segments, [])
 
-    def loss(self, model, batch):
+    def loss(self, model, batch, backward=None):
         logits = forward(model, batch).logits
         return answer_loss(logits, batch["input_ids"], batch["roles"]), {}
 

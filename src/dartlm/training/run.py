@@ -83,7 +83,7 @@ def bf16_enabled(setting) -> bool:
     return bool(setting)
 
 
-def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
+def training_arguments(config: Config, run_dir: Path, method: Method) -> TrainingArguments:
     t = config.training
     on_cpu = not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -107,8 +107,9 @@ def training_arguments(config: Config, run_dir: Path) -> TrainingArguments:
         bf16=bf16_enabled(t.bf16),
         use_cpu=on_cpu,  # without it, torchrun on CPU would train each rank alone
         ddp_backend="gloo" if on_cpu and distributed else None,
-        # Both DART pathways run before one backward, and every trainable weight is used by then.
-        ddp_find_unused_parameters=False,
+        # DART back-propagates its CoT pathway (which does not use REM) before running the ST pathway, so DDP must
+        # expect weights that one backward leaves unused; the other methods use every trainable weight.
+        ddp_find_unused_parameters=method.uses_rem,
         dataloader_num_workers=t.dataloader_workers,
         remove_unused_columns=False,
         disable_tqdm=not t.progress_bar,
@@ -194,7 +195,7 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
     pad_id = run.tokenizer.pad_token_id
     trainer = MethodTrainer(
         model=run.model,
-        args=training_arguments(config, run_dir),
+        args=training_arguments(config, run_dir, run.method),
         train_dataset=FeatureDataset(features),
         data_collator=lambda batch: run.method.collate(batch, pad_id),
         method=run.method,

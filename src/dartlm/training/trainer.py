@@ -50,10 +50,19 @@ class MethodTrainer(Trainer):
     def __init__(self, *args, method: Method, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        self._early_backward = None
         self._terms: dict[str, list[float]] = defaultdict(list)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Lets a method back-propagate part of its loss early, scaled exactly as the Trainer scales the rest.
+        self._early_backward = lambda part: self.accelerator.backward(part / self.current_gradient_accumulation_steps)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._early_backward = None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, terms = self.method.loss(model, inputs)
+        loss, terms = self.method.loss(model, inputs, backward=self._early_backward)
         if not torch.isfinite(loss):
             bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["loss"]
             raise NonFiniteLossError(

@@ -1,0 +1,305 @@
+"""`dartlm bench`: the cost claims, measured side by side in one run.
+
+inference: per-sample latency (batch size 1) of the merged DART model against PauseFT, No-CoT and CoT on the same
+    questions and base model, interleaved question by question so that machine noise hits every variant alike.
+    Decode lengths are pinned to what a trained model would write (the reference answer, or the reference CoT and
+    answer for CoT), so an untrained model's babble does not decide the comparison.
+training: step time and FLOPs of dart, cot and nocot at the same batch (interleaved), and peak memory of each in a
+    fresh process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dartlm.config import Config, MethodConfig
+from dartlm.data.example import Example
+from dartlm.data.layout import PromptFormat, segment_example
+from dartlm.eval.measure import PeakMemory, count_flops, machine_info, stopwatch, summarize
+from dartlm.generate import decode_prompts, prompt_ids
+from dartlm.methods import get_method
+from dartlm.model.adapters import PAUSE_TOKEN, ST_TOKEN, add_special_token, attach_adapters, ensure_pad_token
+from dartlm.model.export import PromptSpec, merge_adapters
+from dartlm.model.loading import load_base_model, load_tokenizer
+from dartlm.model.prepare import lora_settings, rem_settings
+
+
+@dataclass
+class Variant:
+    name: str
+    model: torch.nn.Module
+    spec: PromptSpec
+
+
+def _randomise_adapters(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-zero LoRA/REM weights, as after training (zero-initialised factors would make the merge trivial)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+
+
+def inference_variants(config: Config, num_thoughts: int, *, include_unmerged: bool = True):
+    """(tokenizer, variants) built from one base model: nocot, cot, pause, dart (merged), dart (adapters live)."""
+    tokenizer = load_tokenizer(config.model)
+    ensure_pad_token(tokenizer)
+    base = load_base_model(config.model).eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    sep = config.method.separator
+
+    def spec(method, count, token, decode="answer"):
+        return PromptSpec(method=method, num_thought_tokens=count, thought_token=token, separator=sep, decode=decode)
+
+    pause_model = copy.deepcopy(base)
+    add_special_token(pause_model, tokenizer, PAUSE_TOKEN)
+    dart_method = get_method(MethodConfig(name="dart", num_thought_tokens=num_thoughts, separator=sep))
+    adapter_model = copy.deepcopy(base)
+    add_special_token(adapter_model, tokenizer, ST_TOKEN)
+    adapter_model = attach_adapters(adapter_model, lora_settings(config), rem_settings(config, dart_method))
+    _randomise_adapters(adapter_model)
+    adapter_model.eval()
+    variants = [
+        Variant("nocot", base, spec("nocot", 0, None)),
+        Variant("pause", pause_model.eval(), spec("pause", num_thoughts, PAUSE_TOKEN)),
+    ]
+    if include_unmerged:
+        variants.append(Variant("dart (adapters, unmerged)", adapter_model, spec("dart", num_thoughts, ST_TOKEN)))
+        adapter_model = copy.deepcopy(adapter_model)
+    variants.append(Variant("dart (merged)", merge_adapters(adapter_model).eval(), spec("dart", num_thoughts, ST_TOKEN)))
+    variants.append(Variant("cot", base, spec("cot", 0, None, decode="cot")))
+    return tokenizer, variants
+
+
+def pinned_lengths(example: Example, tokenizer, separator: str) -> dict[str, int]:
+    """Tokens a trained model would write: the answer (+eos), or the CoT, separator and answer (+eos)."""
+    seg = segment_example(example, tokenizer, PromptFormat(separator=separator))
+    return {"answer": len(seg.answer), "cot": len(seg.cot) + len(seg.separator) + len(seg.answer)}
+
+
+def bench_inference(config: Config, examples: list[Example], *, num_thoughts: int = 20, warmup: int = 3,
+                    device: str = "cpu", progress: bool = True) -> dict:
+    """Per-sample latency of every variant on the same questions, interleaved; ratios against merged DART."""
+    from tqdm.auto import tqdm
+
+    tokenizer, variants = inference_variants(config, num_thoughts)
+    for v in variants:
+        v.model.to(device)
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    prompt_tokens: dict[str, list[int]] = {v.name: [] for v in variants}
+    new_tokens: dict[str, list[int]] = {v.name: [] for v in variants}
+    for index, example in enumerate(tqdm(examples, desc="bench inference", disable=not progress)):
+        lengths = pinned_lengths(example, tokenizer, config.method.separator)
+        # Rotate the order per question so that no variant always runs first (warm) or last.
+        order = variants[index % len(variants):] + variants[: index % len(variants)]
+        for v in order:
+            (prompt,) = prompt_ids([example.question], tokenizer, v.spec)
+            length = lengths["cot" if v.spec.decode == "cot" else "answer"]
+            repeats = warmup + 1 if index == 0 else 1
+            for _ in range(repeats):  # the first question warms every variant up
+                with stopwatch(device) as watch:
+                    generations, _ = decode_prompts(v.model, tokenizer, v.spec, [prompt], max_new_tokens=length,
+                                                    min_new_tokens=length)
+            times[v.name].append(watch["ms"])
+            prompt_tokens[v.name].append(len(prompt))
+            new_tokens[v.name].append(generations[0].num_tokens)
+    summary = {
+        name: {"latency_ms": summarize(ms), "prompt_tokens": statistics.fmean(prompt_tokens[name]),
+               "new_tokens": statistics.fmean(new_tokens[name])}
+        for name, ms in times.items()
+    }
+    dart = "dart (merged)"
+
+    def paired(other: str) -> dict:
+        ratios = [a / b for a, b in zip(times[other], times[dart])]
+        return {"median_of_ratios": statistics.median(ratios),
+                "ratio_of_medians": summary[other]["latency_ms"]["median"] / summary[dart]["latency_ms"]["median"]}
+
+    return {
+        "variants": summary,
+        "ratios": {
+            "dart_vs_pause": _invert(paired("pause")),
+            "dart_vs_nocot": _invert(paired("nocot")),
+            "cot_vs_dart": paired("cot"),
+            "unmerged_vs_merged_dart": paired("dart (adapters, unmerged)"),
+        },
+        "prompt_token_ratio_dart_vs_nocot": summary[dart]["prompt_tokens"] / summary["nocot"]["prompt_tokens"],
+        "num_thought_tokens": num_thoughts,
+        "n": len(examples),
+    }
+
+
+def _invert(ratio: dict) -> dict:
+    """other/dart -> dart/other."""
+    return {key: 1.0 / value for key, value in ratio.items()}
+
+
+def _training_setup(config: Config, method_name: str, examples: list[Example], batch_size: int, device: str):
+    """(model, method, fixed batch, optimizer) for one method on a fresh copy of the base model."""
+    method_config = copy.deepcopy(config.method)
+    method_config.name = method_name
+    method = get_method(method_config)
+    tokenizer = load_tokenizer(config.model)
+    base = load_base_model(config.model)
+    if hasattr(base, "set_attn_implementation"):
+        base.set_attn_implementation("eager")  # so that FlopCounterMode sees the attention matmuls
+    from dartlm.model.prepare import prepare_model
+
+    model, thought_id = prepare_model(base, tokenizer, config, method)
+    model.to(device).train()
+    features = [method.encode(e, tokenizer, thought_id) for e in examples[:batch_size]]
+    batch = _to_device(method.collate(features, tokenizer.pad_token_id), device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    return model, method, batch, optimizer
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if torch.is_tensor(batch) else batch
+
+
+def _train_step(model, method, batch, optimizer) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = method.loss(model, batch, backward=lambda part: part.backward())
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def bench_training(config: Config, examples: list[Example], *, methods=("dart", "cot", "nocot"), batch_size: int = 4,
+                   steps: int = 10, warmup: int = 2, device: str = "cpu", memory: bool = True,
+                   progress: bool = True) -> dict:
+    """Step time (interleaved) and FLOPs per step in this process; peak memory per method in a fresh process."""
+    from tqdm.auto import tqdm
+
+    setups = {name: _training_setup(config, name, examples, batch_size, device) for name in methods}
+    flops = {name: count_flops(lambda s=s: _train_step(*s)) for name, s in setups.items()}
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for step in tqdm(range(warmup + steps), desc="bench training", disable=not progress):
+        order = list(methods[step % len(methods):]) + list(methods[: step % len(methods)])
+        for name in order:
+            with stopwatch(device) as watch:
+                _train_step(*setups[name])
+            if step >= warmup:
+                times[name].append(watch["ms"])
+    tokens = {name: int(sum(_count_tokens(s[2]))) for name, s in setups.items()}
+    del setups
+    result = {
+        name: {"step_ms": summarize(times[name]), "flops_per_step": flops[name], "tokens_per_step": tokens[name]}
+        for name in methods
+    }
+    if memory:
+        for name in methods:
+            result[name]["peak_memory"] = _memory_in_subprocess(config, name, examples, batch_size, device)
+    ratios = {}
+    for other in methods:
+        if other == "dart":
+            continue
+        ratios[f"dart_vs_{other}"] = {
+            "step_time": result["dart"]["step_ms"]["median"] / result[other]["step_ms"]["median"],
+            "flops": result["dart"]["flops_per_step"] / result[other]["flops_per_step"],
+        }
+        if memory:
+            mine, theirs = result["dart"]["peak_memory"], result[other]["peak_memory"]
+            ratios[f"dart_vs_{other}"]["peak_memory"] = mine["peak_bytes"] / theirs["peak_bytes"]
+            ratios[f"dart_vs_{other}"]["peak_memory_above_loaded"] = mine["above_loaded_bytes"] / theirs["above_loaded_bytes"]
+    return {"methods": result, "ratios": ratios, "batch_size": batch_size, "steps": steps}
+
+
+def _count_tokens(batch) -> list[int]:
+    if "attention_mask" in batch:
+        return [int(batch["attention_mask"].sum())]
+    return [int(b["attention_mask"].sum()) for b in batch.values()]
+
+
+def measure_training_memory(config: Config, method: str, examples: list[Example], batch_size: int, device: str,
+                            steps: int = 3) -> dict:
+    """Peak memory of a few training steps, relative to the process with the model loaded."""
+    meter = PeakMemory(device)
+    setup = _training_setup(config, method, examples, batch_size, device)
+    meter.reset()
+    loaded = meter.peak_bytes()
+    for _ in range(steps):
+        _train_step(*setup)
+    peak = meter.peak_bytes()
+    return {"peak_bytes": peak, "loaded_bytes": loaded, "above_loaded_bytes": peak - loaded, "kind": meter.kind}
+
+
+def _memory_in_subprocess(config: Config, method: str, examples: list[Example], batch_size: int, device: str) -> dict:
+    """A fresh interpreter per method: a process's peak never shrinks, so methods must not share one."""
+    payload = json.dumps({
+        "config": _config_dict(config), "method": method, "batch_size": batch_size, "device": device,
+        "examples": [[e.question, list(e.steps), e.answer] for e in examples[:batch_size]],
+    })
+    result = subprocess.run([sys.executable, "-m", "dartlm.bench"], input=payload, capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory measurement of {method} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _config_dict(config: Config) -> dict:
+    from dartlm.config import to_dict
+
+    return to_dict(config)
+
+
+def _memory_worker() -> None:
+    from dartlm.config import from_dict
+
+    request = json.loads(sys.stdin.read())
+    config = from_dict(Config, request["config"], "bench request")
+    examples = [Example(q, tuple(s), a) for q, s, a in request["examples"]]
+    print(json.dumps(measure_training_memory(config, request["method"], examples, request["batch_size"],
+                                             request["device"])))
+
+
+def inference_table(result: dict) -> str:
+    lines = ["| variant | median ms | p90 ms | mean ms | prompt tokens | new tokens |", "|---|---|---|---|---|---|"]
+    for name, v in result["variants"].items():
+        lat = v["latency_ms"]
+        lines.append(f"| {name} | {lat['median']:.1f} | {lat['p90']:.1f} | {lat['mean']:.1f} | "
+                     f"{v['prompt_tokens']:.1f} | {v['new_tokens']:.1f} |")
+    lines.append("")
+    lines.append("| ratio | median of per-question ratios | ratio of medians |")
+    lines.append("|---|---|---|")
+    for name, r in result["ratios"].items():
+        lines.append(f"| {name} | {r['median_of_ratios']:.3f} | {r['ratio_of_medians']:.3f} |")
+    lines.append(f"| prompt tokens, dart vs nocot | {result['prompt_token_ratio_dart_vs_nocot']:.3f} | |")
+    return "\n".join(lines)
+
+
+def training_table(result: dict) -> str:
+    lines = ["| method | median step ms | GFLOPs per step | tokens per step | peak memory MB | above loaded MB |",
+             "|---|---|---|---|---|---|"]
+    for name, r in result["methods"].items():
+        memory = r.get("peak_memory", {})
+        peak = f"{memory['peak_bytes'] / 2**20:.0f}" if memory else "—"
+        above = f"{memory['above_loaded_bytes'] / 2**20:.0f}" if memory else "—"
+        lines.append(f"| {name} | {r['step_ms']['median']:.0f} | {r['flops_per_step'] / 1e9:.1f} | "
+                     f"{r['tokens_per_step']} | {peak} | {above} |")
+    lines.append("")
+    for name, r in result["ratios"].items():
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v:.2f}x" for k, v in r.items()))
+    return "\n".join(lines)
+
+
+def write_result(result: dict, output: Path, table: str, device: str) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = {**result, "machine": machine_info(device)}
+    output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    output.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _memory_worker()

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark readers, answer extraction, scoring, timing and reports."""

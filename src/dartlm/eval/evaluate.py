@@ -1,0 +1,203 @@
+"""`dartlm eval`: accuracy and latency of an exported model on a benchmark, streamed and resumable.
+
+Every finished item is appended to `<output>.jsonl` (flushed and fsynced) before the next batch starts, so an
+interrupted evaluation loses at most one batch and resumes where it stopped. The stream's first line records what
+is being evaluated; resuming against a different model, benchmark, data file or decoding setting is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dartlm.eval.answers import score_answer
+from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
+from dartlm.eval.measure import machine_info, stopwatch, summarize
+from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
+from dartlm.model.export import PromptSpec
+
+STREAM_VERSION = 1
+
+
+class ResumeMismatchError(ValueError):
+    """The existing per-item stream belongs to a different evaluation."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    benchmark: str
+    data_path: str | None = None
+    limit: int | None = None
+    batch_size: int = 1
+    max_new_tokens: int | None = None
+    warmup: int = 2  # untimed items before timing starts
+    latency_items: int = 100  # batch-size-1 timing pass when batch_size > 1 (0: skip)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def file_fingerprint(path: Path, limit: int = 1 << 22) -> str:
+    """sha256 of the size and the first 4 MiB: cheap, and changes when the weights or data change."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(limit))
+    return digest.hexdigest()[:16]
+
+
+def stream_header(model_dir: Path, spec: PromptSpec, settings: EvalSettings, max_new_tokens: int) -> dict:
+    weights = sorted(model_dir.glob("*.safetensors"))
+    data = Path(settings.data_path) if settings.data_path else None
+    return {
+        "type": "header",
+        "version": STREAM_VERSION,
+        "model": str(model_dir.resolve()),
+        "model_fingerprint": file_fingerprint(weights[0]) if weights else "",
+        "benchmark": settings.benchmark,
+        "data": str(data.resolve()) if data else None,
+        "data_fingerprint": file_fingerprint(data) if data and data.is_file() else None,
+        "max_new_tokens": max_new_tokens,
+        "prompt": asdict(spec),
+        "dtype": settings.dtype,
+    }
+
+
+def open_stream(path: Path, header: dict) -> tuple[dict[str, dict], dict[str, float]]:
+    """Read what an earlier run finished: (item records by id, bs-1 latencies by id). Creates the file if new."""
+    if not path.exists() or path.stat().st_size == 0:
+        _append(path, [header])
+        return {}, {}
+    records, latencies = {}, {}
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    first = json.loads(lines[0])
+    keys = [k for k in header if k != "type"]
+    differing = [k for k in keys if first.get(k) != header[k]]
+    if differing:
+        raise ResumeMismatchError(
+            f"{path}: holds results of a different evaluation ({', '.join(differing)} differ); "
+            "pass another --output or delete the file to start over"
+        )
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a line cut by a kill: redo that item
+                break
+            raise ValueError(f"{path}:{number}: corrupt record") from None
+        if record["type"] == "item":
+            records[record["id"]] = record
+        elif record["type"] == "latency":
+            latencies[record["id"]] = record["ms"]
+    _rewrite_without_torn_tail(path, lines)
+    return records, latencies
+
+
+def _rewrite_without_torn_tail(path: Path, lines: list[str]) -> None:
+    try:
+        json.loads(lines[-1])
+    except json.JSONDecodeError:
+        path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def score_record(item: BenchmarkItem, generation, spec: PromptSpec) -> dict:
+    # Answer-decoding methods were prompted with the separator: score the text as if it were written out.
+    text = generation.text if spec.decode == "cot" else f"{spec.separator} {generation.text}"
+    score = score_answer(item.kind, text, item.target, question=item.question, separator=spec.separator)
+    return {
+        "type": "item", "id": item.id, "target": item.target, "output": generation.text,
+        "strict": score.strict, "flexible": score.flexible,
+        "strict_prediction": score.strict_prediction, "flexible_prediction": score.flexible_prediction,
+        "new_tokens": generation.num_tokens,
+    }
+
+
+def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress: bool = True) -> dict:
+    """Evaluate, stream per-item records to output.with_suffix('.jsonl'), write the summary JSON to output."""
+    model_dir = Path(model_dir)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
+    model, tokenizer, spec = load_exported(model_dir, settings.device, dtype)
+    items = load_benchmark(settings.benchmark, settings.data_path, limit=settings.limit)
+    max_new = settings.max_new_tokens or default_max_new_tokens(spec)
+    stream = output.with_suffix(".jsonl")
+    done, latencies = open_stream(stream, stream_header(model_dir, spec, settings, max_new))
+    prompts = dict(zip((i.id for i in items), prompt_ids([i.question for i in items], tokenizer, spec)))
+
+    def run(batch_items):
+        return decode_prompts(model, tokenizer, spec, [prompts[i.id] for i in batch_items], max_new_tokens=max_new)
+
+    todo = [i for i in items if i.id not in done]
+    timed_inline = settings.batch_size == 1
+    if todo and (timed_inline or settings.latency_items):
+        for item in todo[: settings.warmup] or items[: settings.warmup]:
+            run([item])  # warm-up: allocator, kernels, caches
+    batch_ms: list[float] = []
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"eval {settings.benchmark}", disable=not progress)
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        with stopwatch(settings.device) as watch:
+            generations, passes = run(chunk)
+        batch_ms.append(watch["ms"])
+        records = [dict(score_record(i, g, spec), prompt_tokens=len(prompts[i.id]), forward_passes=passes)
+                   for i, g in zip(chunk, generations)]
+        if timed_inline:
+            records[0]["ms"] = watch["ms"]
+            latencies[chunk[0].id] = watch["ms"]
+        _append(stream, records)
+        done.update((r["id"], r) for r in records)
+        bar.update(len(chunk))
+    bar.close()
+
+    if not timed_inline and settings.latency_items:
+        pending = [i for i in items[: settings.latency_items] if i.id not in latencies]
+        for item in tqdm(pending, desc="latency (batch size 1)", disable=not progress):
+            with stopwatch(settings.device) as watch:
+                run([item])
+            latencies[item.id] = watch["ms"]
+            _append(stream, [{"type": "latency", "id": item.id, "ms": watch["ms"]}])
+
+    results = summarize_results(items, done, latencies, spec, settings, model_dir, batch_ms)
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def summarize_results(items, done, latencies, spec, settings, model_dir, batch_ms) -> dict:
+    records = [done[i.id] for i in items]
+    n = len(records)
+    throughput = None
+    if batch_ms and settings.batch_size > 1:
+        throughput = {"batch_size": settings.batch_size, "items_per_s": 1000.0 * sum(
+            min(settings.batch_size, n - k * settings.batch_size) for k in range(len(batch_ms))) / sum(batch_ms)}
+    return {
+        "model": str(Path(model_dir).resolve()),
+        "method": spec.method,
+        "num_thought_tokens": spec.num_thought_tokens,
+        "benchmark": settings.benchmark,
+        "data": settings.data_path,
+        "n": n,
+        "accuracy": {
+            "strict": sum(r["strict"] for r in records) / n if n else 0.0,
+            "flexible": sum(r["flexible"] for r in records) / n if n else 0.0,
+        },
+        "latency_ms": {**summarize([latencies[i.id] for i in items if i.id in latencies]), "batch_size": 1},
+        "new_tokens": summarize([r["new_tokens"] for r in records]),
+        "prompt_tokens": summarize([r["prompt_tokens"] for r in records]),
+        "throughput": throughput,
+        "settings": asdict(settings),
+        "machine": machine_info(settings.device),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
