@@ -23,14 +23,22 @@ def architecture_config(model: ModelConfig) -> PreTrainedConfig:
             return AutoConfig.for_model(model_type, **fields)
         except ValueError as err:
             raise ConfigError(f"model.architecture: {err}") from None
-    return AutoConfig.from_pretrained(model.name_or_path)
+    return AutoConfig.from_pretrained(resolve_model_source(model.name_or_path))
+
+
+def resolve_model_source(name: str) -> str:
+    """A hub name or folder as is; an offline alias (smollm2-135m) -> its converted local folder."""
+    from dartlm.model.offline import is_alias, resolve_model_alias
+
+    return resolve_model_alias(name) if is_alias(name) else name
 
 
 def load_base_model(model: ModelConfig, device: str | torch.device = "cpu"):
     """Pretrained weights from name_or_path, or a random-initialised model from `architecture`."""
     dtype = DTYPES[model.dtype]
     if model.name_or_path:
-        return AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=dtype).to(device)
+        source = resolve_model_source(model.name_or_path)
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device)
     return AutoModelForCausalLM.from_config(architecture_config(model), dtype=dtype).to(device)
 
 
@@ -57,4 +65,4 @@ def load_tokenizer(model: ModelConfig):
     source = model.tokenizer or model.name_or_path
     if not source:
         raise ConfigError("model.tokenizer: a random-initialised model needs a tokenizer (a folder or dartlm:tiny-tokenizer)")
-    return AutoTokenizer.from_pretrained(resolve_asset(source))
+    return AutoTokenizer.from_pretrained(resolve_model_source(resolve_asset(source)))
