@@ -109,6 +109,22 @@ def _bench(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    import dataclasses
+
+    from dartlm.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    changes = {k: v for k, v in (("task_steps", args.task_steps), ("max_value", args.max_value),
+                                 ("operations", args.operations), ("train_steps", args.train_steps),
+                                 ("seed", args.seed)) if v is not None}
+    if args.methods:
+        changes["methods"] = tuple(args.methods.split(","))
+    settings = dataclasses.replace(settings, **changes)
+    run_demo(settings, Path(args.output_dir), eval_split=args.eval_split)
+    return 0
+
+
 def _params(args) -> int:
     from dartlm.config import load_config
     from dartlm.params import parameter_report
@@ -186,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", help="result JSON (a .md table is written beside it)")
     bench.set_defaults(run=_bench)
 
+    demo = commands.add_parser("demo", help="DART against No-CoT, CoT and PauseFT on a synthetic task, on a CPU")
+    demo.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    demo.add_argument("--output-dir", default="demo")
+    demo.add_argument("--eval-split", default="test", choices=["test", "val"], help="tune on val, report test")
+    demo.add_argument("--task-steps", type=int)
+    demo.add_argument("--max-value", type=int)
+    demo.add_argument("--operations")
+    demo.add_argument("--train-steps", type=int)
+    demo.add_argument("--seed", type=int)
+    demo.add_argument("--methods", help="comma-separated subset of nocot,cot,pause,dart")
+    demo.set_defaults(run=_demo)
+
     params = commands.add_parser("params", help="trainable-parameter breakdown of a config (no weights loaded)")
     params.add_argument("config", help="YAML file or packaged config name, e.g. paper/llama-3.2-1b-dart")
     params.add_argument("overrides", nargs="*", help="section.key=value")
@@ -198,18 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # PEFT 0.21 calls a property that transformers 5 deprecated; the warning means nothing to users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    # Imported here so that `dartlm --help` stays fast; these are the errors a user can act on.
     from dartlm.config import ConfigError
     from dartlm.data.readers import DataError
-    from dartlm.model.rem import UnsupportedArchitectureError
     from dartlm.eval.evaluate import ResumeMismatchError
+    from dartlm.model.export import MergeMismatchError
+    from dartlm.model.offline import OfflineModelError
+    from dartlm.model.rem import UnsupportedArchitectureError
     from dartlm.training.run import RunError
+    from dartlm.training.trainer import NonFiniteLossError
 
     try:
         return args.run(args)
     except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError,
-            ResumeMismatchError) as err:
+            ResumeMismatchError, OfflineModelError) as err:
         print(f"dartlm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, MergeMismatchError) as err:
+        print(f"dartlm {args.command}: stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
     model, tokenizer, spec = load_exported(model_dir, settings.device, dtype)
     items = load_benchmark(settings.benchmark, settings.data_path, limit=settings.limit)
     max_new = settings.max_new_tokens or default_max_new_tokens(spec)
+    output.parent.mkdir(parents=True, exist_ok=True)
     stream = output.with_suffix(".jsonl")
     done, latencies = open_stream(stream, stream_header(model_dir, spec, settings, max_new))
     prompts = dict(zip((i.id for i in items), prompt_ids([i.question for i in items], tokenizer, spec)))

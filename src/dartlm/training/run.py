@@ -23,7 +23,6 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from dartlm import __version__
 from dartlm.config import Config, from_dict, to_dict
@@ -33,7 +32,13 @@ from dartlm.methods import get_method
 from dartlm.methods.base import Method
 from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
 from dartlm.model.prepare import prepare_model
-from dartlm.training.trainer import TRAINABLE_WEIGHTS, JsonlLogCallback, MethodTrainer, load_trainable_state
+from dartlm.training.trainer import (
+    TRAINABLE_WEIGHTS,
+    JsonlLogCallback,
+    MethodTrainer,
+    last_complete_checkpoint,
+    load_trainable_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +208,11 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
     )
     checkpoint = None
     if resume:
-        checkpoint = resume if isinstance(resume, str) else get_last_checkpoint(str(run_dir))
+        checkpoint = resume if isinstance(resume, str) else last_complete_checkpoint(str(run_dir))
         if checkpoint is None:
-            log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
+            log.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
+        else:
+            log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(run_dir))
     return trainer
@@ -236,7 +243,7 @@ def load_trained(run_dir: Path, checkpoint: str | None = None, dtype: str | None
     source = Path(checkpoint) if checkpoint else run_dir
     weights = source / TRAINABLE_WEIGHTS
     if not weights.is_file():
-        last = get_last_checkpoint(str(run_dir)) if not checkpoint else None
+        last = last_complete_checkpoint(str(run_dir)) if not checkpoint else None
         if last is None:
             raise RunError(f"{source}: no {TRAINABLE_WEIGHTS}; has the run saved anything yet?")
         weights = Path(last) / TRAINABLE_WEIGHTS

@@ -14,6 +14,9 @@ from transformers import Trainer, TrainerCallback
 from dartlm.methods.base import Method
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"
+# Written into a checkpoint folder after every rank has finished writing it. A kill mid-save leaves a folder
+# without it, which resuming skips: the last *complete* checkpoint is the one that counts.
+COMPLETE_MARKER = "dartlm_complete"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -80,6 +83,16 @@ class MethodTrainer(Trainer):
             self._terms.clear()
         super().log(logs, start_time)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states are per rank)
+        if self.args.should_save:
+            folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+            with open(os.path.join(folder, COMPLETE_MARKER), "w") as handle:
+                handle.write(f"{self.state.global_step}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save only the trainable weights; the base model is rebuilt from the run's config."""
         output_dir = output_dir or self.args.output_dir
@@ -90,6 +103,16 @@ class MethodTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_state(model or self.model, os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS))
+
+
+def last_complete_checkpoint(run_dir: str) -> str | None:
+    """The highest-numbered checkpoint-N folder of the run that was completely written, or None."""
+    complete = []
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            complete.append((int(name[11:]), path))
+    return max(complete)[1] if complete else None
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -1,0 +1,33 @@
+"""`dartlm demo --quick`: the whole pipeline on the embedded default, as a newcomer runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from transformers import AutoModelForCausalLM
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_quick_demo_trains_evaluates_exports_and_answers(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dartlm.cli", "demo", "--quick", "--output-dir", "demo"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert set(summary["results"]) == {"nocot", "cot", "pause", "dart"}
+    for method, r in summary["results"].items():
+        assert 0.0 <= r["accuracy"]["strict"] <= 1.0
+        assert r["latency_ms"]["n"] == summary["settings"]["n_test"] and r["latency_ms"]["median"] > 0
+    # DART and PauseFT prompts carry the C thought tokens that No-CoT's lack.
+    c = summary["settings"]["num_thought_tokens"]
+    nocot_prompt = summary["results"]["nocot"]["prompt_tokens"]["mean"]
+    assert summary["results"]["dart"]["prompt_tokens"]["mean"] == nocot_prompt + c
+    assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| method | accuracy % |" in result.stdout
+    assert result.stdout.count("  Q: ") == 3
+    # The exported DART model is a plain transformers model.
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "models" / "dart")
+    assert type(model).__name__ == "LlamaForCausalLM"

@@ -1,0 +1,91 @@
+"""Faults lose no work: a SIGKILLed run resumes to the same weights, a NaN stops cleanly, half-written
+checkpoints are never trusted, over-long examples are named."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dartlm.config import load_config
+from dartlm.data.readers import DataError
+from dartlm.methods.dart import DartMethod
+from dartlm.training.run import train
+from dartlm.training.trainer import COMPLETE_MARKER, TRAINABLE_WEIGHTS, NonFiniteLossError, last_complete_checkpoint
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+OVERRIDES = ["training.max_steps=120", "training.save_steps=10", "training.batch_size=4", "training.logging_steps=10"]
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(tmp_path, train_file):
+    overrides = [f"data.train_path={train_file}", *OVERRIDES]
+    reference_dir = tmp_path / "reference"
+    train(load_config("tiny/dart", overrides), reference_dir)
+    reference = load_file(reference_dir / TRAINABLE_WEIGHTS)
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "dartlm.cli", "train", "tiny/dart", *overrides, "--output-dir", str(run_dir)]
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint-10").exists():  # wait until training is under way
+        assert process.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    time.sleep(random.Random().uniform(0.0, 1.5))  # anywhere after the first checkpoint, even mid-save
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (run_dir / TRAINABLE_WEIGHTS).exists(), "the run finished before the kill: the test proved nothing"
+
+    resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    weights = load_file(run_dir / TRAINABLE_WEIGHTS)
+    assert all(torch.equal(weights[k], reference[k]) for k in reference)
+
+
+def test_a_checkpoint_without_its_completion_marker_is_never_resumed_from(tmp_path, train_file):
+    run_dir = tmp_path / "run"
+    train(load_config("tiny/nocot", [f"data.train_path={train_file}", "training.max_steps=20",
+                                     "training.save_steps=10", "training.save_total_limit=0"]), run_dir)
+    assert last_complete_checkpoint(str(run_dir)).endswith("checkpoint-20")
+    (run_dir / "checkpoint-20" / COMPLETE_MARKER).unlink()  # as if killed while writing it
+    (run_dir / "checkpoint-20" / TRAINABLE_WEIGHTS).write_bytes(b"half a file")
+    assert last_complete_checkpoint(str(run_dir)).endswith("checkpoint-10")
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_checkpoint(tmp_path, train_file, monkeypatch):
+    real_loss = DartMethod.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, backward=None):
+        calls["n"] += 1
+        total, terms = real_loss(self, model, batch, backward)
+        if calls["n"] == 13:
+            terms["loss_distill"] = float("nan")
+            total = total * float("nan")
+        return total, terms
+
+    monkeypatch.setattr(DartMethod, "loss", poisoned)
+    run_dir = tmp_path / "run"
+    config = load_config("tiny/dart", [f"data.train_path={train_file}", "training.max_steps=30", "training.save_steps=5"])
+    with pytest.raises(NonFiniteLossError, match=r"step 13: loss_distill"):
+        train(config, run_dir)
+    assert last_complete_checkpoint(str(run_dir)).endswith("checkpoint-10")
+    assert not (run_dir / TRAINABLE_WEIGHTS).exists()
+
+
+def test_over_long_examples_are_named_or_dropped_and_counted(tmp_path, train_file, caplog):
+    config = load_config("tiny/cot", [f"data.train_path={train_file}", "data.max_length=40", "training.max_steps=1"])
+    with pytest.raises(DataError, match=r"train\.txt:1: example is \d+ tokens long, above data.max_length=40"):
+        train(config, tmp_path / "a")
+    lines = train_file.read_text().splitlines()
+    train_file.write_text("\n".join(lines[:3]) + "\nShort?||<<1+1=2>> #### 2\n")
+    config = load_config("tiny/cot", [f"data.train_path={train_file}", "data.max_length=40", "data.drop_long=true",
+                                      "training.max_steps=1"])
+    train(config, tmp_path / "b")
+    assert "dropped 3 examples longer than 40 tokens" in caplog.text
