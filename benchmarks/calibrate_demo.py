@@ -16,26 +16,27 @@ from pathlib import Path
 
 from dartlm.demo import DemoSettings, run_demo
 
-SETTINGS = [  # (task steps, max operand), in increasing difficulty
-    (2, 12),
-    (3, 12),
-    (4, 12),
+SETTINGS = [  # (task steps, max operand, operations), in increasing difficulty
+    (2, 20, "+-"),
+    (3, 20, "+-"),
+    (4, 20, "+-"),
 ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="benchmarks/results/demo-calibration.json")
-    parser.add_argument("--settings", help="comma-separated steps:max pairs, e.g. 2:12,3:12")
+    parser.add_argument("--settings", help="comma-separated steps:max:ops triples, e.g. 2:20:+-,3:12:+-*")
     args = parser.parse_args()
-    grid = [tuple(map(int, s.split(":"))) for s in args.settings.split(",")] if args.settings else SETTINGS
+    grid = [(int(a), int(b), c) for a, b, c in (s.split(":") for s in args.settings.split(","))] if args.settings else SETTINGS
     rows = []
-    for steps, max_value in grid:
-        settings = dataclasses.replace(DemoSettings(), task_steps=steps, max_value=max_value, methods=("nocot", "cot"))
+    for steps, max_value, operations in grid:
+        settings = dataclasses.replace(DemoSettings(), task_steps=steps, max_value=max_value, operations=operations,
+                                       methods=("nocot", "cot"))
         with tempfile.TemporaryDirectory() as folder:
             summary = run_demo(settings, Path(folder), eval_split="val")
         accuracy = {m: r["accuracy"]["strict"] for m, r in summary["results"].items()}
-        rows.append({"task_steps": steps, "max_value": max_value, "accuracy_val": accuracy,
+        rows.append({"task_steps": steps, "max_value": max_value, "operations": operations, "accuracy_val": accuracy,
                      "gap_points": 100 * (accuracy["cot"] - accuracy["nocot"])})
         print(json.dumps(rows[-1]))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -89,3 +89,27 @@ def test_over_long_examples_are_named_or_dropped_and_counted(tmp_path, train_fil
                                       "training.max_steps=1"])
     train(config, tmp_path / "b")
     assert "dropped 3 examples longer than 40 tokens" in caplog.text
+
+
+def test_export_refuses_a_non_empty_folder_without_force(tmp_path, train_file, capsys):
+    from dartlm.cli import main
+
+    train(load_config("tiny/nocot", [f"data.train_path={train_file}", "training.max_steps=1"]), tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("keep me")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (tmp_path / "out" / "notes.txt").read_text() == "keep me"
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--force"]) == 0
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos(tokenizer):
+    import copy
+
+    from dartlm.model.adapters import ensure_pad_token
+
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    ensure_pad_token(tok)
+    assert tok.pad_token_id == tok.eos_token_id

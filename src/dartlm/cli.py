@@ -117,7 +117,7 @@ def _demo(args) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {k: v for k, v in (("task_steps", args.task_steps), ("max_value", args.max_value),
                                  ("operations", args.operations), ("train_steps", args.train_steps),
-                                 ("seed", args.seed)) if v is not None}
+                                 ("seed", args.seed), ("pretrain_steps", args.pretrain_steps)) if v is not None}
     if args.methods:
         changes["methods"] = tuple(args.methods.split(","))
     settings = dataclasses.replace(settings, **changes)
@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--operations")
     demo.add_argument("--train-steps", type=int)
     demo.add_argument("--seed", type=int)
+    demo.add_argument("--pretrain-steps", type=int,
+                      help="train a shared base first for N steps, then fine-tune it with LoRA per method")
     demo.add_argument("--methods", help="comma-separated subset of nocot,cot,pause,dart")
     demo.set_defaults(run=_demo)
 

@@ -1,9 +1,11 @@
 """`dartlm demo`: DART against its baselines on a synthetic reasoning task, offline, on a CPU, in minutes.
 
-Generates multi-step arithmetic word problems in the GSM8K-Aug layout, trains a tokenizer and a small Llama-style
-model from scratch with each method (No-CoT, CoT, PauseFT, DART) on the same budget, evaluates each on held-out
-problems with the same evaluator as the real benchmarks, prints a table, writes JSON and a plot, exports the DART
-model and lets it answer a few new questions.
+Generates multi-step arithmetic word problems in the GSM8K-Aug layout, trains a tokenizer, and trains a small
+Llama-style model from scratch with each method (No-CoT, CoT, PauseFT, DART) on the same budget. With
+`pretrain_steps > 0` a shared base model is first trained on the task's text and each method fine-tunes it with LoRA,
+as the paper fine-tunes a pretrained LLM. Each model is evaluated on held-out problems with the same evaluator as the
+real benchmarks. Prints a table, writes JSON and a plot, exports
+the DART model and lets it answer a few new questions.
 """
 
 from __future__ import annotations
@@ -30,18 +32,23 @@ class DemoSettings:
     # The task (chosen before looking at DART's numbers: the smallest setting at which CoT beats No-CoT by
     # 30 points at this scale; see benchmarks/README.md).
     task_steps: int = 3
-    max_value: int = 12
-    operations: str = "+-*"
+    max_value: int = 9
+    operations: str = "+-"
     n_train: int = 4000
     n_val: int = 200
     n_test: int = 200
     # The model, trained from scratch.
-    vocab_size: int = 256
+    vocab_size: int = 1024
     hidden: int = 128
     layers: int = 4
     heads: int = 4
+    # 0: every method trains the model from scratch (full training). > 0: first a shared base model is trained from
+    # scratch on the problems' text for this many steps, then every method fine-tunes it with LoRA, as in the paper.
+    pretrain_steps: int = 0
     # The same budget for every method.
-    train_steps: int = 800
+    train_steps: int = 500
+    lora_rank: int = 32
+    lora_alpha: float = 8.0  # alpha / r = 0.25, the paper's ratio (32 / 128)
     batch_size: int = 32
     lr: float = 2e-3
     num_thought_tokens: int = 8
@@ -54,21 +61,30 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         """About a minute: a smoke run of the whole pipeline, not a result."""
-        return cls(task_steps=2, n_train=400, n_val=20, n_test=24, hidden=64, layers=2, train_steps=30,
-                   batch_size=16, num_thought_tokens=4, rem_rank=8, rem_alpha=2.0)
+        return cls(task_steps=2, max_value=20, n_train=400, n_val=20, n_test=24, hidden=64, layers=2,
+                   train_steps=30, batch_size=16, num_thought_tokens=4, rem_rank=8, rem_alpha=2.0,
+                   lora_rank=8, lora_alpha=2.0)
 
 
-def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: Path) -> Config:
-    """The run config of one method: same model, data and budget for all."""
+def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: Path, base_dir: Path | None,
+                  steps: int) -> Config:
+    """The run config of one method: same model, data and budget for all.
+
+    base_dir None: a model trained from scratch (every weight trains); otherwise LoRA fine-tuning of that base.
+    """
     config = Config()
-    config.model.tokenizer = str(data_dir / "tokenizer")
-    config.model.architecture = {
-        "model_type": "llama", "vocab_size": settings.vocab_size, "hidden_size": settings.hidden,
-        "intermediate_size": 4 * settings.hidden, "num_hidden_layers": settings.layers,
-        "num_attention_heads": settings.heads, "num_key_value_heads": settings.heads,
-        "max_position_embeddings": 512, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0,
-    }
-    config.lora.enabled = False  # from scratch: every weight trains
+    if base_dir is None:
+        config.model.tokenizer = str(data_dir / "tokenizer")
+        config.model.architecture = {
+            "model_type": "llama", "vocab_size": settings.vocab_size, "hidden_size": settings.hidden,
+            "intermediate_size": 4 * settings.hidden, "num_hidden_layers": settings.layers,
+            "num_attention_heads": settings.heads, "num_key_value_heads": settings.heads,
+            "max_position_embeddings": 512, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0,
+        }
+        config.lora.enabled = False  # from scratch: every weight trains
+    else:
+        config.model.name_or_path = str(base_dir)
+        config.lora.rank, config.lora.alpha = settings.lora_rank, settings.lora_alpha
     config.rem.rank, config.rem.alpha = settings.rem_rank, settings.rem_alpha
     config.method.name = method
     config.method.num_thought_tokens = settings.num_thought_tokens
@@ -76,9 +92,21 @@ def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: 
     config.data.train_path = str(data_dir / "train.txt")
     config.data.max_length = 512
     t = config.training
-    t.output_dir, t.max_steps, t.batch_size, t.lr = str(run_dir), settings.train_steps, settings.batch_size, settings.lr
-    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, settings.train_steps, 50
+    t.output_dir, t.max_steps, t.batch_size, t.lr = str(run_dir), steps, settings.batch_size, settings.lr
+    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, steps, 50
     return config.validate("demo")
+
+
+def pretrain_base(settings: DemoSettings, data_dir: Path, out_dir: Path, log) -> Path:
+    """The shared base model: a from-scratch LM trained on the training problems' text (CoT included)."""
+    run_dir, base_dir = out_dir / "runs" / "base", out_dir / "models" / "base"
+    log(f"\n== base model: {settings.layers} layers, hidden {settings.hidden}, trained from scratch for "
+        f"{settings.pretrain_steps} steps of {settings.batch_size} ==")
+    config = method_config(settings, "cot", data_dir, run_dir, None, settings.pretrain_steps)
+    config.data.omit_last_step = False  # the base reads the problems whole
+    train(config, run_dir, overwrite=True)
+    export_run(run_dir, base_dir, force=True, log=log)
+    return base_dir
 
 
 def prepare_data(settings: DemoSettings, data_dir: Path) -> dict[str, list]:
@@ -115,12 +143,17 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
     splits = prepare_data(settings, data_dir)
     log(f"task: {settings.task_steps}-step problems, operands 1..{settings.max_value}, ops {settings.operations}; "
         f"{len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test")
-    results, timings = [], {}
+    clock = time.perf_counter()
+    base_dir = pretrain_base(settings, data_dir, out_dir, log) if settings.pretrain_steps else None
+    timings = {"base": {"train_s": time.perf_counter() - clock}}
+    results = []
     for method in settings.methods:
         run_dir = out_dir / "runs" / method
-        log(f"\n== {method}: training {settings.train_steps} steps of {settings.batch_size} ==")
+        how = "LoRA fine-tuning of the base" if base_dir else "training from scratch"
+        log(f"\n== {method}: {how}, {settings.train_steps} steps of {settings.batch_size} ==")
         clock = time.perf_counter()
-        train(method_config(settings, method, data_dir, run_dir), run_dir, overwrite=True)
+        config = method_config(settings, method, data_dir, run_dir, base_dir, settings.train_steps)
+        train(config, run_dir, overwrite=True)
         timings[method] = {"train_s": time.perf_counter() - clock}
         model_dir = out_dir / "models" / method
         export_run(run_dir, model_dir, force=True, log=log)
@@ -141,6 +174,7 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
         "results": {r["label"]: {"accuracy": r["accuracy"], "latency_ms": r["latency_ms"],
                                  "new_tokens": r["new_tokens"], "prompt_tokens": r["prompt_tokens"],
                                  **timings[r["label"]]} for r in results},
+        "base_train_s": timings["base"]["train_s"],
         "machine": results[0]["machine"] if results else {},
         "wall_time_s": time.perf_counter() - started,
     }
