@@ -113,3 +113,30 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos(tokenizer):
     assert tok.pad_token_id is None
     ensure_pad_token(tok)
     assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_skip_invalid_counts_and_reports_and_numeric_answers_are_checked(tmp_path, train_file, capsys, caplog):
+    from dartlm.cli import main
+
+    lines = train_file.read_text().splitlines()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join([lines[0], "no separators here", lines[1], "Q?||<<1+1=2>> #### two"]) + "\n")
+    args = ["train", "tiny/nocot", f"data.train_path={bad}", "training.max_steps=1"]
+    assert main([*args, "--output-dir", str(tmp_path / "a")]) == 2
+    assert "bad.txt:2: missing the" in capsys.readouterr().err
+    assert main([*args, "data.numeric_answers=true", "--skip-invalid", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "2 examples read, 2 invalid records skipped (first: " in caplog.text
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text(lines[0] + "\nQ?||<<1+1=2>> #### two\n")
+    args = ["train", "tiny/nocot", f"data.train_path={numbers}", "data.numeric_answers=true", "training.max_steps=1"]
+    assert main([*args, "--output-dir", str(tmp_path / "c")]) == 2
+    assert "numbers.txt:2: field 'answer' is not a number: 'two'" in capsys.readouterr().err
+
+
+def test_a_config_without_a_model_is_refused(tmp_path):
+    from dartlm.config import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: dart\n")
+    with pytest.raises(ConfigError, match="set model.name_or_path"):
+        load_config(path)

@@ -14,6 +14,8 @@ def _train(args) -> int:
     from dartlm.training.run import train
 
     config = load_config(args.config, args.overrides)
+    if args.skip_invalid:
+        config.data.skip_invalid = True
     run_dir = Path(args.output_dir or config.training.output_dir or f"runs/{resolve_config_path(args.config).stem}")
     config.training.output_dir = str(run_dir)
     train(config, run_dir, resume=args.resume or False, overwrite=args.overwrite)
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
                        help="continue the run from its last checkpoint (or from CHECKPOINT)")
     train.add_argument("--overwrite", action="store_true", help="train into a non-empty run folder")
+    train.add_argument("--skip-invalid", action="store_true",
+                       help="skip malformed data records (counted and reported) instead of stopping at the first")
     train.set_defaults(run=_train)
 
     export = commands.add_parser("export", help="merge LoRA and REM and write a plain Hugging Face folder")

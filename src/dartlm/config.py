@@ -66,6 +66,7 @@ class DataConfig:
     max_length: int = 512  # longer examples are an error, unless drop_long
     drop_long: bool = False  # drop (and count) examples longer than max_length
     skip_invalid: bool = False  # skip (and count) malformed records instead of stopping
+    numeric_answers: bool = False  # every answer must be a number (GSM8K-style data): checked while reading
 
 
 @dataclass

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def load_examples(source: str, *, format: str = "auto", omit_last_step: bool = False, skip_invalid: bool = False,
-                  split: str = "train") -> list[Example]:
+                  numeric_answers: bool = False, split: str = "train") -> list[Example]:
     """Examples from a local file, a generated synthetic task (`synthetic:train?steps=3&n=2000`), or a hub dataset
     named `owner/name` (fields question, cot/steps, answer)."""
     if not source:
@@ -27,7 +27,8 @@ def load_examples(source: str, *, format: str = "auto", omit_last_step: bool = F
         return [e.without_last_step() for e in examples] if omit_last_step else examples
     if Path(source).exists() or not _looks_like_hub_name(source):
         report = ReadReport(source)
-        examples = read_examples(source, format, omit_last_step=omit_last_step, skip_invalid=skip_invalid, report=report)
+        examples = read_examples(source, format, omit_last_step=omit_last_step, skip_invalid=skip_invalid,
+                                 answer_must_be_numeric=numeric_answers, report=report)
         log.info(report.summary())
         return examples
     return _hub_examples(source, split, omit_last_step)

@@ -184,7 +184,7 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
     # Fail on bad data before any model loads.
     examples = load_examples(
         config.data.train_path, format=config.data.format, omit_last_step=config.data.omit_last_step,
-        skip_invalid=config.data.skip_invalid,
+        skip_invalid=config.data.skip_invalid, numeric_answers=config.data.numeric_answers,
     )
     set_seed(config.training.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
