@@ -35,6 +35,11 @@ def test_inference_bench_pins_lengths_and_compares_every_variant(config):
     assert variants["dart (merged)"]["prompt_tokens"] == variants["pause"]["prompt_tokens"]
     assert variants["dart (merged)"]["prompt_tokens"] == variants["nocot"]["prompt_tokens"] + 4
     assert result["ratios"]["cot_vs_dart"]["ratio_of_medians"] > 0
+    # FLOPs of one sample: merged DART costs exactly PauseFT's (same shapes), CoT more (it writes the CoT).
+    assert variants["dart (merged)"]["flops_per_sample"] == variants["pause"]["flops_per_sample"] > 0
+    assert variants["cot"]["flops_per_sample"] > variants["nocot"]["flops_per_sample"]
+    assert variants["dart (adapters, unmerged)"]["flops_per_sample"] > variants["dart (merged)"]["flops_per_sample"]
+    assert all(v["working_memory_bytes"] >= 0 for v in variants.values())
     assert "dart_vs_nocot" in inference_table(result)
 
 

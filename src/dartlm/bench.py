@@ -37,6 +37,7 @@ class Variant:
     name: str
     model: torch.nn.Module
     spec: PromptSpec
+    tokenizer: object  # each variant has its own, so that each model gains only its own special token
 
 
 def _randomise_adapters(model: torch.nn.Module, seed: int = 0) -> None:
@@ -60,23 +61,24 @@ def inference_variants(config: Config, num_thoughts: int, *, include_unmerged: b
     def spec(method, count, token, decode="answer"):
         return PromptSpec(method=method, num_thought_tokens=count, thought_token=token, separator=sep, decode=decode)
 
-    pause_model = copy.deepcopy(base)
-    add_special_token(pause_model, tokenizer, PAUSE_TOKEN)
+    pause_model, pause_tokenizer = copy.deepcopy(base), copy.deepcopy(tokenizer)
+    add_special_token(pause_model, pause_tokenizer, PAUSE_TOKEN)
     dart_method = get_method(MethodConfig(name="dart", num_thought_tokens=num_thoughts, separator=sep))
-    adapter_model = copy.deepcopy(base)
-    add_special_token(adapter_model, tokenizer, ST_TOKEN)
+    adapter_model, dart_tokenizer = copy.deepcopy(base), copy.deepcopy(tokenizer)
+    add_special_token(adapter_model, dart_tokenizer, ST_TOKEN)
     adapter_model = attach_adapters(adapter_model, lora_settings(config), rem_settings(config, dart_method))
     _randomise_adapters(adapter_model)
     adapter_model.eval()
     variants = [
-        Variant("nocot", base, spec("nocot", 0, None)),
-        Variant("pause", pause_model.eval(), spec("pause", num_thoughts, PAUSE_TOKEN)),
+        Variant("nocot", base, spec("nocot", 0, None), tokenizer),
+        Variant("pause", pause_model.eval(), spec("pause", num_thoughts, PAUSE_TOKEN), pause_tokenizer),
     ]
+    dart_spec = spec("dart", num_thoughts, ST_TOKEN)
     if include_unmerged:
-        variants.append(Variant("dart (adapters, unmerged)", adapter_model, spec("dart", num_thoughts, ST_TOKEN)))
+        variants.append(Variant("dart (adapters, unmerged)", adapter_model, dart_spec, dart_tokenizer))
         adapter_model = copy.deepcopy(adapter_model)
-    variants.append(Variant("dart (merged)", merge_adapters(adapter_model).eval(), spec("dart", num_thoughts, ST_TOKEN)))
-    variants.append(Variant("cot", base, spec("cot", 0, None, decode="cot")))
+    variants.append(Variant("dart (merged)", merge_adapters(adapter_model).eval(), dart_spec, dart_tokenizer))
+    variants.append(Variant("cot", base, spec("cot", 0, None, decode="cot"), tokenizer))
     return tokenizer, variants
 
 
@@ -102,12 +104,12 @@ def bench_inference(config: Config, examples: list[Example], *, num_thoughts: in
         # Rotate the order per question so that no variant always runs first (warm) or last.
         order = variants[index % len(variants):] + variants[: index % len(variants)]
         for v in order:
-            (prompt,) = prompt_ids([example.question], tokenizer, v.spec)
+            (prompt,) = prompt_ids([example.question], v.tokenizer, v.spec)
             length = lengths["cot" if v.spec.decode == "cot" else "answer"]
             repeats = warmup + 1 if index == 0 else 1
             for _ in range(repeats):  # the first question warms every variant up
                 with stopwatch(device) as watch:
-                    generations, _ = decode_prompts(v.model, tokenizer, v.spec, [prompt], max_new_tokens=length,
+                    generations, _ = decode_prompts(v.model, v.tokenizer, v.spec, [prompt], max_new_tokens=length,
                                                     min_new_tokens=length)
             times[v.name].append(watch["ms"])
             prompt_tokens[v.name].append(len(prompt))
@@ -117,6 +119,8 @@ def bench_inference(config: Config, examples: list[Example], *, num_thoughts: in
                "new_tokens": statistics.fmean(new_tokens[name])}
         for name, ms in times.items()
     }
+    for v in variants:  # FLOPs and working memory of one sample: the first question, at its pinned length
+        summary[v.name].update(sample_cost(v, examples[0], config.method.separator, device))
     dart = "dart (merged)"
 
     def paired(other: str) -> dict:
@@ -136,6 +140,30 @@ def bench_inference(config: Config, examples: list[Example], *, num_thoughts: in
         "num_thought_tokens": num_thoughts,
         "n": len(examples),
     }
+
+
+def sample_cost(variant: Variant, example: Example, separator: str, device: str) -> dict:
+    """FLOPs (eager attention, so attention counts) and peak working memory above the loaded models of one sample."""
+    tokenizer = variant.tokenizer
+    (prompt,) = prompt_ids([example.question], tokenizer, variant.spec)
+    lengths = pinned_lengths(example, tokenizer, separator)
+    length = lengths["cot" if variant.spec.decode == "cot" else "answer"]
+
+    def run():
+        decode_prompts(variant.model, tokenizer, variant.spec, [prompt], max_new_tokens=length, min_new_tokens=length)
+
+    previous = variant.model.config._attn_implementation
+    variant.model.set_attn_implementation("eager")
+    try:
+        flops = count_flops(run)
+    finally:
+        variant.model.set_attn_implementation(previous)
+    meter = PeakMemory(device)
+    meter.reset()
+    before = meter.peak_bytes()  # right after a reset: the current footprint
+    run()
+    return {"flops_per_sample": flops, "working_memory_bytes": max(meter.peak_bytes() - before, 0),
+            "memory_kind": meter.kind}
 
 
 def _invert(ratio: dict) -> dict:
@@ -265,11 +293,13 @@ def _memory_worker() -> None:
 
 
 def inference_table(result: dict) -> str:
-    lines = ["| variant | median ms | p90 ms | mean ms | prompt tokens | new tokens |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | median ms | p90 ms | mean ms | prompt tokens | new tokens | GFLOPs (q1) | working MB (q1) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, v in result["variants"].items():
         lat = v["latency_ms"]
         lines.append(f"| {name} | {lat['median']:.1f} | {lat['p90']:.1f} | {lat['mean']:.1f} | "
-                     f"{v['prompt_tokens']:.1f} | {v['new_tokens']:.1f} |")
+                     f"{v['prompt_tokens']:.1f} | {v['new_tokens']:.1f} | {v['flops_per_sample'] / 1e9:.2f} | "
+                     f"{v['working_memory_bytes'] / 2**20:.1f} |")
     lines.append("")
     lines.append("| ratio | median of per-question ratios | ratio of medians |")
     lines.append("|---|---|---|")
