@@ -171,7 +171,7 @@ def test_limit_keeps_the_first_items(tmp_path):
     assert [i.target for i in load_benchmark("gsm-hard", path, limit=3)] == ["0", "1", "2"]
     assert len(load_benchmark("gsm-hard", path, limit=50)) == 5
     assert load_benchmark("gsm-hard", path, limit=0) == []
-    raises(f"gsm-hard: limit must be >= 0", name="gsm-hard", path=path, limit=-1)
+    raises("gsm-hard: limit must be >= 0", name="gsm-hard", path=path, limit=-1)
 
 
 def test_empty_file(tmp_path):

@@ -40,7 +40,7 @@ def _looks_like_hub_name(source: str) -> bool:
 
 
 def _hub_examples(name: str, split: str, omit_last_step: bool) -> list[Example]:
-    hint = f"download it where the hub is reachable and pass the local file instead (data.train_path=/path/to/train.jsonl)"
+    hint = "download it where the hub is reachable and pass the local file instead (data.train_path=/path/to/train.jsonl)"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise DataError(f"{name}: not a local file, and the hub is off (HF_HUB_OFFLINE=1); {hint}")
     try:
