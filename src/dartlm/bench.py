@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from dartlm.config import Config, MethodConfig
+from dartlm.config import Config, MethodConfig, to_dict
 from dartlm.data.example import Example
 from dartlm.data.layout import PromptFormat, segment_example
 from dartlm.eval.measure import PeakMemory, count_flops, machine_info, stopwatch, summarize
@@ -266,7 +266,7 @@ def measure_training_memory(config: Config, method: str, examples: list[Example]
 def _memory_in_subprocess(config: Config, method: str, examples: list[Example], batch_size: int, device: str) -> dict:
     """A fresh interpreter per method: a process's peak never shrinks, so methods must not share one."""
     payload = json.dumps({
-        "config": _config_dict(config), "method": method, "batch_size": batch_size, "device": device,
+        "config": to_dict(config), "method": method, "batch_size": batch_size, "device": device,
         "examples": [[e.question, list(e.steps), e.answer] for e in examples[:batch_size]],
     })
     result = subprocess.run([sys.executable, "-m", "dartlm.bench"], input=payload, capture_output=True, text=True,
@@ -274,12 +274,6 @@ def _memory_in_subprocess(config: Config, method: str, examples: list[Example], 
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {method} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _config_dict(config: Config) -> dict:
-    from dartlm.config import to_dict
-
-    return to_dict(config)
 
 
 def _memory_worker() -> None:

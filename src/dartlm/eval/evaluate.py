@@ -88,22 +88,16 @@ def open_stream(path: Path, header: dict) -> tuple[dict[str, dict], dict[str, fl
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):  # a line cut by a kill: redo that item
-                break
-            raise ValueError(f"{path}:{number}: corrupt record") from None
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: corrupt record") from None
+            # The last line was cut by a kill: drop it, so the item is redone and appends stay well-formed.
+            path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+            break
         if record["type"] == "item":
             records[record["id"]] = record
         elif record["type"] == "latency":
             latencies[record["id"]] = record["ms"]
-    _rewrite_without_torn_tail(path, lines)
     return records, latencies
-
-
-def _rewrite_without_torn_tail(path: Path, lines: list[str]) -> None:
-    try:
-        json.loads(lines[-1])
-    except json.JSONDecodeError:
-        path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
 
 
 def _append(path: Path, records: list[dict]) -> None:

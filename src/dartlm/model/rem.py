@@ -218,13 +218,6 @@ def rem_wrappers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, REM_WRAPPERS)]
 
 
-def rem_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """(name, parameter) of every REM weight in the model."""
-    for name, param in model.named_parameters():
-        if ".rem" in name and (name.endswith("down.weight") or name.endswith("up.weight")):
-            yield name, param
-
-
 @contextlib.contextmanager
 def rem_disabled(model: nn.Module) -> Iterator[None]:
     """Run the model without REM (the CoT pathway); restores the previous state on exit, also on error."""
