@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dartlm.config import PACKAGED_CONFIGS, load_config
+from dartlm.config import PACKAGED_CONFIGS, ConfigError, load_config
 from dartlm.params import parameter_report
 
 SHIPPED = sorted(str(p.relative_to(PACKAGED_CONFIGS).with_suffix("")) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
@@ -24,4 +24,42 @@ def test_shipped_config_loads(name):
     assert config.method.name in name
     report = parameter_report(config)
     assert report.trainable > 0 or not config.lora.enabled
-    assert (report.rem > 0) == (config.method.name == "dart")
+    assert (report.rem > 0) == (config.method.name == "dart" and config.rem.enabled)
+
+
+ABLATIONS = {  # Table 3 of the paper: config -> the one thing it changes
+    "no-st": ("method.num_thought_tokens", 0),
+    "no-rem": ("rem.enabled", False),
+    "lora-rem": ("rem.placement", "output"),
+    "no-distill": ("method.distill_weight", 0.0),
+    "distill-y1": ("method.distill_at", "y_1"),
+    "distill-zn-answer": ("method.distill_at", "z_n_and_answer"),
+}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_each_ablation_changes_one_setting_of_the_dart_config(ablation):
+    dart = load_config("paper/llama-3.2-1b-dart")
+    variant = load_config(f"paper/ablations/llama-3.2-1b-dart-{ablation}")
+    key, value = ABLATIONS[ablation]
+    section, field = key.split(".")
+    assert getattr(getattr(variant, section), field) == value != getattr(getattr(dart, section), field)
+    differing = {
+        f"{s}.{f}" for s in ("model", "lora", "rem", "method", "data")
+        for f in vars(getattr(dart, s)) if getattr(getattr(dart, s), f) != getattr(getattr(variant, s), f)
+    }
+    assert differing == {key}
+    assert variant.training.output_dir.endswith(ablation) and variant.training.lr == dart.training.lr
+
+
+def test_inherit_merges_sections_key_by_key_and_refuses_cycles(tmp_path):
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("inherit: tiny/dart\nmethod:\n  distill_weight: 5.0\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("inherit: parent.yaml\nmethod:\n  num_thought_tokens: 3\n")
+    config = load_config(child)
+    assert (config.method.distill_weight, config.method.num_thought_tokens) == (5.0, 3)
+    assert config.method.name == "dart" and config.model.architecture == load_config("tiny/dart").model.architecture
+    parent.write_text("inherit: child.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(child)

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_model
 from dartlm.data.example import Example
-from dartlm.data.layout import DartCollator, PromptFormat, encode_dart
+from dartlm.data.layout import ANSWER, DartCollator, PromptFormat, encode_dart
 from dartlm.losses import answer_loss, cot_pathway_loss
 from dartlm.methods.dart import DartLossSettings, dart_loss
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters, ensure_pad_token
@@ -95,3 +95,33 @@ def test_early_cot_backward_gives_the_same_gradients(setup):
     assert split.total.item() == pytest.approx(together.total.item(), rel=1e-6)
     for a, b in zip(reference, grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["z_n", "y_1", "z_n_and_answer"])
+def test_distillation_matches_the_chosen_positions_by_hand(setup, where):
+    """Table 3's ablations move the matched positions; check them against hidden states picked by hand."""
+    model, batch = setup
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".rem" in name:
+                param.normal_(std=0.1)
+        out = dart_loss(model, batch, DartLossSettings(distill_at=where))
+        cot, st = batch["cot"], batch["st"]
+        with rem_disabled(model):
+            teacher = model(input_ids=cot["input_ids"], attention_mask=cot["attention_mask"], output_hidden_states=True)
+        student = model(input_ids=st["input_ids"], attention_mask=st["attention_mask"], output_hidden_states=True)
+
+    def picked(pathway, hidden):
+        rows = []
+        for row in range(pathway["input_ids"].shape[0]):
+            anchor = int(pathway["anchor"][row])
+            answer = (pathway["roles"][row] == ANSWER).nonzero().flatten().tolist()
+            positions = {"z_n": [anchor], "y_1": [anchor + 1], "z_n_and_answer": [anchor] + answer}[where]
+            rows += [torch.stack([h[row, p] for h in hidden[1:]]) for p in positions]  # each (L, n)
+        return torch.stack(rows, dim=1)  # (L, M, n)
+
+    t, s = picked(cot, teacher.hidden_states), picked(st, student.hidden_states)
+    expected = torch.stack([(t[l] - s[l]).abs().mean() / t[l].std() for l in range(t.shape[0])]).mean()
+    assert out.distill.item() == pytest.approx(expected.item(), rel=1e-5)
+    if where == "z_n_and_answer":
+        assert t.shape[1] > cot["input_ids"].shape[0]  # more than one position per row

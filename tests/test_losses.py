@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dartlm.data.layout import ANSWER, PAD_ROLE, PROMPT, REASONING
-from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, gather_positions
+from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked
 
 
 def test_distill_loss_matches_hand_computation():
@@ -38,12 +38,30 @@ def test_distill_loss_rejects_mismatched_shapes():
         distill_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5))
 
 
-def test_gather_positions_skips_the_embedding_output():
+def test_gather_masked_skips_the_embedding_output():
     hidden = tuple(torch.arange(2 * 4 * 3, dtype=torch.float).reshape(2, 4, 3) + 100 * i for i in range(3))
-    picked = gather_positions(hidden, torch.tensor([1, 3]))
-    assert picked.shape == (2, 2, 3)  # layers 1..2, B, n
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    picked = gather_masked(hidden, mask)
+    assert picked.shape == (2, 2, 3)  # layers 1..2, selected positions, n
     assert torch.equal(picked[0, 0], hidden[1][0, 1])
     assert torch.equal(picked[1, 1], hidden[2][1, 3])
+
+
+def test_distill_positions_select_z_n_y_1_or_z_n_with_the_answer():
+    # Row 0: Q Q Z SEP | Y Y eos; row 1: Q SEP | Y eos, right-padded.
+    roles = torch.tensor([[PROMPT, PROMPT, REASONING, REASONING, ANSWER, ANSWER, ANSWER],
+                          [PROMPT, REASONING, ANSWER, ANSWER, PAD_ROLE, PAD_ROLE, PAD_ROLE]])
+    anchor = torch.tensor([3, 1])
+
+    def selected(where):
+        return [row.nonzero().flatten().tolist() for row in distill_positions(roles, anchor, where)]
+
+    assert selected("z_n") == [[3], [1]]
+    assert selected("y_1") == [[4], [2]]
+    assert selected("z_n_and_answer") == [[3, 4, 5, 6], [1, 2, 3]]
+    with pytest.raises(ValueError, match="unknown"):
+        distill_positions(roles, anchor, "z_1")
 
 
 def _ce(logits_row: torch.Tensor, target: int) -> float:

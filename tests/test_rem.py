@@ -38,12 +38,13 @@ def randomise_trainable(model: nn.Module, seed: int = 2) -> None:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
 
 
+@pytest.mark.parametrize("placement", ["input", "output"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rem_is_identity_at_init(family, tokenizer):
+def test_rem_is_identity_at_init(family, placement, tokenizer):
     model = make_model(family, len(tokenizer))
     ids = ids_for(len(tokenizer))
     before = model(ids).logits
-    inject_rem(model, REM)
+    inject_rem(model, RemSettings(rank=8, alpha=16, placement=placement))
     assert len(rem_wrappers(model)) == (2 if family != "gpt2" else 1) * model.config.num_hidden_layers
     assert torch.equal(model(ids).logits, before)
 
@@ -79,14 +80,15 @@ def test_rem_disabled_restores_state_after_an_error(tokenizer):
     assert all(w.rem_enabled for w in rem_wrappers(model))
 
 
+@pytest.mark.parametrize("placement", ["input", "output"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_merge_is_exact_and_leaves_the_plain_architecture(family, tokenizer):
+def test_merge_is_exact_and_leaves_the_plain_architecture(family, placement, tokenizer):
     base = make_model(family, len(tokenizer))
     base_count = sum(p.numel() for p in base.parameters())
     base_modules = {type(m) for m in base.modules()}
     tok = copy.deepcopy(tokenizer)
     add_special_token(base, tok, ST_TOKEN)
-    model = attach_adapters(base, LORA, REM)
+    model = attach_adapters(base, LORA, RemSettings(rank=8, alpha=16, placement=placement))
     randomise_trainable(model)
     ids = ids_for(len(tok))
     reference = model(input_ids=ids).logits
@@ -166,3 +168,26 @@ def test_merge_requires_lora_merged_first(tokenizer):
 
     with pytest.raises(TypeError, match="merge LoRA first"):
         merge_rem(model)
+
+
+def test_output_placement_is_a_lora_on_k_and_v_that_switches_off(tokenizer):
+    # The "REM -> LoRA" ablation: k = k_proj(x) + s * B A x on the ST pathway, k_proj(x) on the CoT pathway.
+    model = make_model("qwen2-gqa", len(tokenizer))  # GQA: k/v outputs narrower than the hidden size
+    inject_rem(model, RemSettings(rank=4, alpha=8, placement="output"))
+    randomise_trainable_rem(model)
+    wrapper = model.model.layers[0].self_attn.k_proj
+    x = torch.randn(2, 5, model.config.hidden_size)
+    delta = (x @ wrapper.rem.down.weight.T @ wrapper.rem.up.weight.T) * 2.0
+    assert torch.allclose(wrapper(x), wrapper.proj(x) + delta, atol=1e-6)
+    with rem_disabled(model):
+        assert torch.equal(wrapper(x), wrapper.proj(x))
+    with pytest.raises(ValueError, match="placement"):
+        RemSettings(placement="middle")
+
+
+def randomise_trainable_rem(model: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".rem" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)

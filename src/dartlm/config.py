@@ -43,9 +43,14 @@ class LoraSection:
 
 @dataclass
 class RemSection:
-    enabled: bool = True
+    enabled: bool = True  # false: the "without REM" ablation
     rank: int = 128
     alpha: float = 32.0
+    # input: REM (paper section 3.2). output: a LoRA on k/v active only on the ST pathway ("REM -> LoRA", Table 3).
+    placement: str = "input"
+
+
+DISTILL_POSITIONS = ("z_n", "y_1", "z_n_and_answer")
 
 
 @dataclass
@@ -55,6 +60,9 @@ class MethodConfig:
     separator: str = "Answer:"
     distill_weight: float = 20.0  # lambda
     detach_teacher: bool = True
+    # Where the hidden states are matched: z_n (the paper), y_1 (first answer token) or z_n_and_answer ([z_N; Y]);
+    # the last two are Table 3's ablations.
+    distill_at: str = "z_n"
 
 
 @dataclass
@@ -109,6 +117,11 @@ class Config:
                 raise ConfigError(f"{where}: {section} must be > 0, got {value}")
         if self.training.bf16 not in (True, False, "auto"):
             raise ConfigError(f"{where}: training.bf16 must be auto, true or false, got {self.training.bf16!r}")
+        if self.rem.placement not in ("input", "output"):
+            raise ConfigError(f"{where}: rem.placement must be input or output, got {self.rem.placement!r}")
+        if self.method.distill_at not in DISTILL_POSITIONS:
+            raise ConfigError(f"{where}: method.distill_at must be one of {', '.join(DISTILL_POSITIONS)}, "
+                              f"got {self.method.distill_at!r}")
         from dartlm.methods import METHODS  # late: methods import this module
 
         if self.method.name not in METHODS:
@@ -131,17 +144,42 @@ def resolve_config_path(name: str | Path) -> Path:
 
 
 def load_config(name: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (path or packaged name), apply `section.key=value` overrides, check it."""
+    """Read a YAML config (path or packaged name), apply `section.key=value` overrides, check it.
+
+    A config may start from another with `inherit: <path or packaged name>` and then set only what differs
+    (the paper's ablations are one key away from DART).
+    """
     path = resolve_config_path(name)
+    raw = read_raw_config(path)
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(Config, raw, str(path)).validate(str(path))
+
+
+def read_raw_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping of one YAML file, merged over the one it inherits from (sections merged key by key)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: inherit: cycle through {', '.join(str(p) for p in seen)}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    for override in overrides:
-        apply_override(raw, override)
-    return from_dict(Config, raw, str(path)).validate(str(path))
+    parent_name = raw.pop("inherit", None)
+    if parent_name is None:
+        return raw
+    if not isinstance(parent_name, str):
+        raise ConfigError(f"{path}: inherit: expected a config name or path, got {parent_name!r}")
+    sibling = path.parent / parent_name
+    parent_path = sibling if sibling.is_file() else resolve_config_path(parent_name)
+    merged = read_raw_config(parent_path, seen + (path.resolve(),))
+    for section, values in raw.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **values}
+        else:
+            merged[section] = values
+    return merged
 
 
 def apply_override(raw: dict, override: str) -> None:

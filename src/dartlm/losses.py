@@ -39,21 +39,33 @@ def answer_loss(logits, input_ids, roles) -> torch.Tensor:
     return role_cross_entropy(logits, input_ids, roles, ANSWER)
 
 
-def gather_positions(hidden_states: tuple[torch.Tensor, ...], positions: torch.Tensor) -> torch.Tensor:
-    """Hidden states of every decoder layer at one position per row.
+def distill_positions(roles: torch.Tensor, anchor: torch.Tensor, where: str) -> torch.Tensor:
+    """(B, T) bool mask of the positions whose hidden states are matched.
 
-    hidden_states: transformers' tuple (embeddings, layer 1, ..., layer L), each (B, T, n); positions (B,).
-    Returns (L, B, n): layers 1..L, as the paper's sum over l = 1..L (the embedding output is excluded).
+    z_n: the last separator token (the paper). y_1: the first answer token. z_n_and_answer: z_N and every answer
+    token, eos included ([z_N; Y]). Both pathways hold the same separator and answer tokens, so each row selects
+    the same number of positions in both, in the same order.
     """
-    rows = torch.arange(positions.shape[0], device=positions.device)
-    return torch.stack([h[rows, positions] for h in hidden_states[1:]])
+    columns = torch.arange(roles.shape[1], device=roles.device)[None, :]  # (1, T)
+    if where == "z_n":
+        return columns == anchor[:, None]
+    if where == "y_1":
+        return columns == anchor[:, None] + 1
+    if where == "z_n_and_answer":
+        return (columns == anchor[:, None]) | (roles == ANSWER)
+    raise ValueError(f"unknown distillation position {where!r}")
+
+
+def gather_masked(hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states of layers 1..L at the masked positions, row-major: (L, M, n) with M = mask.sum()."""
+    return torch.stack([h[mask] for h in hidden_states[1:]])
 
 
 def distill_loss(teacher: torch.Tensor, student: torch.Tensor, *, detach_teacher: bool = True) -> torch.Tensor:
     """L_distill = (1/L) sum_l mean|h_cot[l] - h_st[l]| / std(h_cot[l]).
 
-    teacher, student: (L, B, n). std is one scalar per layer over the whole (B, n) teacher tensor (unbiased, as
-    torch.std), as CODI normalises. Computed in fp32.
+    teacher, student: (L, M, n) for M matched positions (M = B at z_N). std is one scalar per layer over the
+    whole (M, n) teacher tensor (unbiased, as torch.std), as CODI normalises. Computed in fp32.
     """
     if teacher.shape != student.shape:
         raise ValueError(f"teacher {tuple(teacher.shape)} and student {tuple(student.shape)} differ in shape")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dartlm.data.layout import DartCollator, DartFeatures, build_pathway
-from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, gather_positions
+from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked
 from dartlm.methods.base import Method, thoughts
 from dartlm.model.adapters import ST_TOKEN
 from dartlm.model.rem import rem_disabled
@@ -19,6 +19,7 @@ from dartlm.model.rem import rem_disabled
 class DartLossSettings:
     distill_weight: float = 20.0  # lambda
     detach_teacher: bool = True  # CODI detaches its teacher; the paper does not say
+    distill_at: str = "z_n"  # z_n | y_1 | z_n_and_answer (losses.distill_positions)
 
 
 @dataclass
@@ -52,7 +53,7 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     with rem_disabled(model):
         teacher = run_pathway(model, cot)
     loss_cot = cot_pathway_loss(teacher.logits, cot["input_ids"], cot["roles"])
-    h_teacher = gather_positions(teacher.hidden_states, cot["anchor"])  # (L, B, n)
+    h_teacher = gather_masked(teacher.hidden_states, distill_positions(cot["roles"], cot["anchor"], settings.distill_at))
     del teacher
     early = backward is not None and settings.detach_teacher
     if early:
@@ -61,7 +62,7 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
 
     student = run_pathway(model, st)
     loss_st = answer_loss(student.logits, st["input_ids"], st["roles"])
-    h_student = gather_positions(student.hidden_states, st["anchor"])  # (L, B, n)
+    h_student = gather_masked(student.hidden_states, distill_positions(st["roles"], st["anchor"], settings.distill_at))
     del student
 
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
@@ -79,7 +80,7 @@ class DartMethod(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.settings = DartLossSettings(config.distill_weight, config.detach_teacher)
+        self.settings = DartLossSettings(config.distill_weight, config.detach_teacher, config.distill_at)
 
     def layout(self, segments, thought_id):
         return DartFeatures(

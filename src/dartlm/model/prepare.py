@@ -20,7 +20,7 @@ def lora_settings(config: Config) -> LoraSettings | None:
 def rem_settings(config: Config, method: Method) -> RemSettings | None:
     if not (method.uses_rem and config.rem.enabled):
         return None
-    return RemSettings(config.rem.rank, config.rem.alpha)
+    return RemSettings(config.rem.rank, config.rem.alpha, config.rem.placement)
 
 
 def prepare_model(base: nn.Module, tokenizer, config: Config, method: Method) -> tuple[nn.Module, int | None]:

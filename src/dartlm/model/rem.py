@@ -9,6 +9,10 @@ REM is active only on the silent-thought pathway; the CoT pathway runs the same 
 `rem_disabled(model)`. Because x -> x' is linear, REM folds exactly into the projection weights
 (`merge_rem`), leaving the plain base architecture.
 
+`placement="output"` is the paper's "REM replaced by LoRA" ablation (Table 3): the same switchable, ST-only
+low-rank module, but added to the projection's output (k = k_proj(x) + s * B A x, a LoRA on k/v) instead of
+transforming its input.
+
 Two attention layouts are supported:
 - separate `k_proj` / `v_proj` linears (Llama, Mistral, Qwen2, Qwen3, Gemma, SmolLM, ...): each projection is
   wrapped in `RemProjection`;
@@ -39,12 +43,20 @@ class UnsupportedArchitectureError(ValueError):
     """The model has no attention module REM knows how to adapt."""
 
 
+PLACEMENTS = ("input", "output")
+
+
 @dataclass(frozen=True)
 class RemSettings:
     """REM hyper-parameters; the paper uses d = 128, alpha = 32 (section 4.2)."""
 
     rank: int = 128
     alpha: float = 32.0
+    placement: str = "input"  # "input": REM (x -> x'); "output": a LoRA on k/v, the Table 3 ablation
+
+    def __post_init__(self):
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"REM placement must be one of {PLACEMENTS}, got {self.placement!r}")
 
     @property
     def scaling(self) -> float:
@@ -76,26 +88,58 @@ class LowRankResidual(nn.Module):
         return eye + self.scaling * down.T @ up.T
 
 
-class RemProjection(nn.Module):
-    """A key or value projection whose input first passes through REM (when enabled)."""
+class LowRankDelta(nn.Module):
+    """x -> s * up(down(x)), a LoRA branch of its own (zero at initialisation): the output-placed ablation."""
 
-    def __init__(self, proj: nn.Module, features: int, settings: RemSettings):
+    def __init__(self, features: int, out_features: int, rank: int, scaling: float):
+        super().__init__()
+        self.down = nn.Linear(features, rank, bias=False)  # A: (d, n)
+        self.up = nn.Linear(rank, out_features, bias=False)  # B: (out, d)
+        self.scaling = scaling
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.up(self.down(x.to(self.down.weight.dtype))) * self.scaling).to(x.dtype)
+
+    @torch.no_grad()
+    def matrix(self) -> torch.Tensor:
+        """The (out, n) weight update s * B A, in fp32."""
+        return self.scaling * self.up.weight.float() @ self.down.weight.float()
+
+
+class RemProjection(nn.Module):
+    """A key or value projection with REM (when enabled): on its input, or, as the ablation, added to its output."""
+
+    def __init__(self, proj: nn.Module, features: int, settings: RemSettings, out_features: int = 0):
         super().__init__()
         self.proj = proj
-        self.rem = LowRankResidual(features, settings.rank, settings.scaling)
+        self.placement = settings.placement
+        if self.placement == "input":
+            self.rem = LowRankResidual(features, settings.rank, settings.scaling)
+        else:
+            self.rem = LowRankDelta(features, out_features, settings.rank, settings.scaling)
         self.rem_enabled = True
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.rem_enabled:
-            x = self.rem(x)
-        return self.proj(x, *args, **kwargs)
+        if not self.rem_enabled:
+            return self.proj(x, *args, **kwargs)
+        if self.placement == "input":
+            return self.proj(self.rem(x), *args, **kwargs)
+        return self.proj(x, *args, **kwargs) + self.rem(x)
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """Fold REM into the (plain `nn.Linear`) projection and return it: W <- W @ M^T, bias unchanged."""
+        """Fold REM into the (plain `nn.Linear`) projection and return it; bias unchanged.
+
+        input: y = W x' = W M^T x, so W <- W M^T. output: y = W x + s B A x, so W <- W + s B A.
+        """
         linear = _require(self.proj, nn.Linear)
-        weight = linear.weight  # (out, n); y = W x' = W M^T x
-        linear.weight.copy_((weight.float() @ self.rem.matrix().T).to(weight.dtype))
+        weight = linear.weight  # (out, n)
+        if self.placement == "input":
+            linear.weight.copy_((weight.float() @ self.rem.matrix().T).to(weight.dtype))
+        else:
+            linear.weight.copy_((weight.float() + self.rem.matrix()).to(weight.dtype))
         return linear
 
 
@@ -105,8 +149,13 @@ class RemFusedQKV(nn.Module):
     def __init__(self, proj: nn.Module, features: int, settings: RemSettings):
         super().__init__()
         self.proj = proj
-        self.rem_k = LowRankResidual(features, settings.rank, settings.scaling)
-        self.rem_v = LowRankResidual(features, settings.rank, settings.scaling)
+        self.placement = settings.placement
+        if self.placement == "input":
+            self.rem_k = LowRankResidual(features, settings.rank, settings.scaling)
+            self.rem_v = LowRankResidual(features, settings.rank, settings.scaling)
+        else:
+            self.rem_k = LowRankDelta(features, features, settings.rank, settings.scaling)
+            self.rem_v = LowRankDelta(features, features, settings.rank, settings.scaling)
         self.features = features
         self.rem_enabled = True
 
@@ -115,6 +164,9 @@ class RemFusedQKV(nn.Module):
         if not self.rem_enabled:
             return qkv
         n = self.features
+        if self.placement == "output":
+            zero = torch.zeros_like(qkv[..., :n])
+            return qkv + torch.cat([zero, self.rem_k(x), self.rem_v(x)], dim=-1)
         # The fused projection (possibly with LoRA inside) is linear per column block, so running it on the
         # K- and V-inputs and keeping only their blocks equals separate K and V projections of x'.
         k = self.proj(self.rem_k(x))[..., n : 2 * n]
@@ -130,7 +182,10 @@ class RemFusedQKV(nn.Module):
         n = self.features
         weight = conv.weight  # (n, 3n)
         for block, rem in ((slice(n, 2 * n), self.rem_k), (slice(2 * n, 3 * n), self.rem_v)):
-            weight[:, block] = (rem.matrix() @ weight[:, block].float()).to(weight.dtype)
+            if self.placement == "input":  # y = x' W = x M W
+                weight[:, block] = (rem.matrix() @ weight[:, block].float()).to(weight.dtype)
+            else:  # y = x W + s x A^T B^T
+                weight[:, block] = (weight[:, block].float() + rem.matrix().T).to(weight.dtype)
         return conv
 
 
@@ -154,6 +209,11 @@ def _projection_features(proj: nn.Module) -> int:
     if hasattr(base, "nf"):  # transformers' Conv1D: weight (in, out)
         return base.weight.shape[0]
     raise UnsupportedArchitectureError(f"cannot read the input width of {type(base).__name__}")
+
+
+def _projection_outputs(proj: nn.Module) -> int:
+    base = proj.get_base_layer() if hasattr(proj, "get_base_layer") else proj
+    return base.out_features
 
 
 def find_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
@@ -194,7 +254,7 @@ def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
         if layout == "separate":
             for attr in ("k_proj", "v_proj"):
                 proj = getattr(attn, attr)
-                wrapper = RemProjection(proj, _projection_features(proj), settings)
+                wrapper = RemProjection(proj, _projection_features(proj), settings, _projection_outputs(proj))
                 setattr(attn, attr, wrapper)
                 wrappers.append(wrapper)
         else:
@@ -210,8 +270,8 @@ def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
     return wrappers
 
 
-def _rems(wrapper: nn.Module) -> list[LowRankResidual]:
-    return [m for m in wrapper.children() if isinstance(m, LowRankResidual)]
+def _rems(wrapper: nn.Module) -> list[nn.Module]:
+    return [m for m in wrapper.children() if isinstance(m, (LowRankResidual, LowRankDelta))]
 
 
 def rem_wrappers(model: nn.Module) -> list[nn.Module]:
