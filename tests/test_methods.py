@@ -41,12 +41,16 @@ def changed_after_one_step(model, method, batch) -> set[str]:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_one_step_changes_exactly_what_the_method_trains(name, tokenizer):
     model, method, batch, _, _ = prepared(name, tokenizer)
+    if name in ("coconut", "icot"):
+        method.set_progress(1.0 * method.config.coconut_epochs_per_stage, 0)  # Coconut stage 1; iCoT removes tokens
     changed = changed_after_one_step(model, method, batch)
     lora = {n for n, _ in model.named_parameters() if "lora_" in n}
     rem = {n for n, _ in model.named_parameters() if ".rem" in n}
+    projection = {n for n, _ in model.named_parameters() if n.startswith("latent_projection.")}
     assert lora
     assert bool(rem) == (name == "dart")
-    assert changed == lora | rem
+    assert bool(projection) == (name == "codi")
+    assert changed == lora | rem | projection
 
 
 def test_full_fine_tuning_trains_every_weight(tokenizer):

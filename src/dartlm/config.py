@@ -56,13 +56,24 @@ DISTILL_POSITIONS = ("z_n", "y_1", "z_n_and_answer")
 @dataclass
 class MethodConfig:
     name: str = "dart"
-    num_thought_tokens: int = 20  # C: <st> tokens for dart, <pause> tokens for pause
+    num_thought_tokens: int = 20  # C: <st> tokens for dart, <pause> tokens for pause, continuous thoughts for codi
     separator: str = "Answer:"
     distill_weight: float = 20.0  # lambda
     detach_teacher: bool = True
     # Where the hidden states are matched: z_n (the paper), y_1 (first answer token) or z_n_and_answer ([z_N; Y]);
     # the last two are Table 3's ablations.
     distill_at: str = "z_n"
+    # iCoT (Deng et al. 2024): CoT tokens removed from the left, this many more per epoch; a random extra offset o
+    # with P(o) ~ exp(-smoothing * o) per example (0: none); the whole CoT goes once the schedule reaches
+    # remove_all_after tokens (-1: only when the CoT runs out).
+    icot_tokens_per_epoch: float = 8.0
+    icot_smoothing: float = 4.0
+    icot_remove_all_after: int = -1
+    # Coconut (Hao et al. 2024): stage k replaces the first k CoT steps with k * thoughts_per_step continuous
+    # thoughts; one stage every epochs_per_stage epochs; the last stage (max_stages) drops every language step.
+    coconut_thoughts_per_step: int = 2
+    coconut_max_stages: int = 3
+    coconut_epochs_per_stage: float = 3.0
 
 
 @dataclass
@@ -122,6 +133,12 @@ class Config:
         if self.method.distill_at not in DISTILL_POSITIONS:
             raise ConfigError(f"{where}: method.distill_at must be one of {', '.join(DISTILL_POSITIONS)}, "
                               f"got {self.method.distill_at!r}")
+        m = self.method
+        if m.icot_tokens_per_epoch <= 0 or m.icot_smoothing < 0 or m.coconut_epochs_per_stage <= 0:
+            raise ConfigError(f"{where}: method.icot_tokens_per_epoch and method.coconut_epochs_per_stage must be > 0 "
+                              "and method.icot_smoothing >= 0")
+        if m.coconut_thoughts_per_step < 1 or m.coconut_max_stages < 1:
+            raise ConfigError(f"{where}: method.coconut_thoughts_per_step and method.coconut_max_stages must be >= 1")
         from dartlm.methods import METHODS  # late: methods import this module
 
         if self.method.name not in METHODS:

@@ -1,7 +1,9 @@
-"""Greedy decoding with a KV cache, for a batch of left-padded prompts.
+"""Greedy decoding for a batch of left-padded prompts, with or without a KV cache.
 
-One small loop instead of `model.generate` so that every method is decoded and timed by the same code, the number
-of forward passes is known exactly, and decode lengths can be pinned (`min_new_tokens`) for cost benchmarks.
+One small loop instead of `model.generate` so that every method (token prompts and continuous thoughts alike) is
+decoded and timed by the same code, the number of forward passes is known exactly, and decode lengths can be
+pinned (`min_new_tokens`) for cost benchmarks. `use_cache=False` recomputes the whole sequence at every pass: the
+reference the cached path is tested against.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 @dataclass
 class Decoded:
     tokens: list[list[int]]  # per row, the generated ids up to and excluding eos
-    forward_passes: int  # model calls: one prefill + one per further token
+    forward_passes: int  # model calls: prompt chunks (prefill, thoughts, ...) + one per further token
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -22,22 +24,72 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.no_grad()
-def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
-                  eos_token_id: int, pad_token_id: int, min_new_tokens: int = 0) -> Decoded:
-    """Greedy continuation of left-padded prompts (B, T) until eos or max_new_tokens.
+@dataclass
+class Step:
+    """The model's outputs on the positions just fed: logits (B, k, V) and every layer's hidden states (B, k, n)."""
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+
+    @property
+    def last_hidden(self) -> torch.Tensor:
+        """The final layer's (normed) hidden state at the last fed position, (B, n): a continuous thought."""
+        return self.hidden_states[-1][:, -1]
+
+
+class SequenceRunner:
+    """Feeds a batch to a causal LM chunk by chunk, as token ids or as input embeddings.
+
+    The attention mask grows with every chunk and position ids follow it, so left padding before the first chunk
+    and right padding inside a chunk are both ignored. With `use_cache` each chunk reuses the KV cache of the
+    previous ones; without it the whole sequence so far is run again (same numbers, slower).
+    """
+
+    def __init__(self, model, *, use_cache: bool = True):
+        self.model = model
+        self.use_cache = use_cache
+        self.embed = model.get_input_embeddings()
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.embeds: torch.Tensor | None = None  # everything fed so far (no-cache mode only)
+        self.passes = 0
+
+    def feed_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 hidden_states: bool = False) -> Step:
+        return self.feed(self.embed(input_ids), attention_mask, hidden_states=hidden_states)
+
+    def feed(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+             hidden_states: bool = False) -> Step:
+        """Run the next chunk: embeds (B, k, n), attention_mask (B, k) (default all ones).
+
+        hidden_states: also return every layer's hidden states on the chunk (continuous thoughts, distillation).
+        """
+        batch, width = embeds.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, width, dtype=torch.long, device=embeds.device)
+        self.mask = attention_mask if self.mask is None else torch.cat([self.mask, attention_mask.to(self.mask)], 1)
+        positions = positions_from_mask(self.mask)
+        if self.use_cache:
+            out = self.model(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions[:, -width:],
+                             past_key_values=self.cache, use_cache=True, output_hidden_states=hidden_states)
+            self.cache = out.past_key_values
+        else:
+            self.embeds = embeds if self.embeds is None else torch.cat([self.embeds, embeds], dim=1)
+            out = self.model(inputs_embeds=self.embeds, attention_mask=self.mask, position_ids=positions,
+                             use_cache=False, output_hidden_states=hidden_states)
+        self.passes += 1
+        hidden = tuple(h[:, -width:] for h in out.hidden_states) if hidden_states else ()
+        return Step(out.logits[:, -width:], hidden)
+
+
+def greedy_continue(runner: SequenceRunner, logits: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
+                    pad_token_id: int, min_new_tokens: int = 0) -> Decoded:
+    """Greedy tokens after whatever the runner has been fed; logits (B, V) predict the first one.
 
     eos cannot be chosen before `min_new_tokens` tokens: with min = max, every row decodes exactly that many.
     """
-    batch = input_ids.shape[0]
-    device = input_ids.device
-    mask = attention_mask.to(device)
-    positions = positions_from_mask(mask)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    passes = 1
-    cache = out.past_key_values
-    logits = out.logits[:, -1]  # (B, V)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    batch = logits.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     generated: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         if step < min_new_tokens:
@@ -49,14 +101,18 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         finished |= token == eos_token_id
         if finished.all() or step == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-        positions = positions[:, -1:] + 1
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True)
-        passes += 1
-        cache = out.past_key_values
-        logits = out.logits[:, -1]
-    return Decoded(_strip(torch.stack(generated, dim=1) if generated else None, batch, eos_token_id), passes)
+        logits = runner.feed_ids(token[:, None]).logits[:, -1]
+    return Decoded(_strip(torch.stack(generated, dim=1) if generated else None, batch, eos_token_id), runner.passes)
+
+
+@torch.no_grad()
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                  eos_token_id: int, pad_token_id: int, min_new_tokens: int = 0, use_cache: bool = True) -> Decoded:
+    """Greedy continuation of left-padded prompts (B, T) until eos or max_new_tokens."""
+    runner = SequenceRunner(model, use_cache=use_cache)
+    logits = runner.feed_ids(input_ids, attention_mask.to(input_ids.device)).logits[:, -1]
+    return greedy_continue(runner, logits, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                           pad_token_id=pad_token_id, min_new_tokens=min_new_tokens)
 
 
 def _strip(tokens: torch.Tensor | None, batch: int, eos: int) -> list[list[int]]:

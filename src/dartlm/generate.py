@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, build_pathway, pad_pathways, segment_example
-from dartlm.decoding import greedy_decode
-from dartlm.model.export import PromptSpec
+from dartlm.decoding import SequenceRunner, greedy_continue, greedy_decode
+from dartlm.latent import run_thoughts, thought_projection
+from dartlm.model.export import PROJECTION_FILE, PromptSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     spec = PromptSpec.load(Path(folder))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    if spec.projection:
+        # CODI's thought projection is not part of the architecture; it travels beside the weights.
+        from safetensors.torch import load_file
+
+        projection = thought_projection(model.get_input_embeddings().weight.shape[1])
+        projection.load_state_dict(load_file(str(Path(folder) / PROJECTION_FILE)))
+        model.latent_projection = projection.to(device=device, dtype=dtype).eval()
     return model, tokenizer, spec
 
 
@@ -35,13 +43,15 @@ def prompt_ids(questions: Sequence[str], tokenizer, spec: PromptSpec) -> list[tu
     """Token ids of the inference prompt, built segment by segment exactly as in training."""
     fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
     thoughts = []
-    if spec.num_thought_tokens:
+    if spec.num_thought_tokens and spec.decode == "answer":
         thoughts = [tokenizer.convert_tokens_to_ids(spec.thought_token)] * spec.num_thought_tokens
     prompts = []
     for question in questions:
         seg = segment_example(Example(question=question, steps=(), answer=""), tokenizer, fmt)
         if spec.decode == "cot":
             prompts.append(seg.prefix + seg.question)
+        elif spec.decode == "latent":
+            prompts.append(seg.prefix + seg.question + (tokenizer.convert_tokens_to_ids(spec.latent_markers[0]),))
         else:
             prompts.append(build_pathway(seg, thoughts, with_answer=False).input_ids)
     return prompts
@@ -59,19 +69,45 @@ def split_generation(text: str, spec: PromptSpec, num_tokens: int = 0) -> Genera
     return Generation(text.strip(), answer.strip() if sep else "", cot.strip(), num_tokens)
 
 
+def latent_suffix_ids(tokenizer, spec: PromptSpec) -> tuple[int, ...]:
+    """What follows the continuous thoughts at inference: <eot> and the separator; then the model answers."""
+    fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
+    seg = segment_example(Example(question="", steps=(), answer=""), tokenizer, fmt)
+    return (tokenizer.convert_tokens_to_ids(spec.latent_markers[1]),) + seg.separator
+
+
+@torch.no_grad()
+def latent_decode(model, tokenizer, spec: PromptSpec, batch: dict[str, torch.Tensor], *, max_new_tokens: int,
+                  min_new_tokens: int = 0, use_cache: bool = True):
+    """Prefix, spec.num_thought_tokens continuous thoughts, <eot> SEP, then greedy answer tokens."""
+    runner = SequenceRunner(model, use_cache=use_cache)
+    step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
+    run_thoughts(runner, step, spec.num_thought_tokens, getattr(model, "latent_projection", None))
+    rows = batch["input_ids"].shape[0]
+    suffix = torch.tensor([latent_suffix_ids(tokenizer, spec)] * rows, device=batch["input_ids"].device)
+    logits = runner.feed_ids(suffix).logits[:, -1]
+    return greedy_continue(runner, logits, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens)
+
+
 def default_max_new_tokens(spec: PromptSpec) -> int:
     return 256 if spec.decode == "cot" else 32
 
 
 def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                   min_new_tokens: int = 0) -> tuple[list[Generation], int]:
+                   min_new_tokens: int = 0, use_cache: bool = True) -> tuple[list[Generation], int]:
     """One batch of prompt ids -> (generations, forward passes)."""
     device = next(model.parameters()).device
-    batch = left_padded(prompts, tokenizer.pad_token_id)
-    decoded = greedy_decode(
-        model, batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    batch = {k: v.to(device) for k, v in left_padded(prompts, tokenizer.pad_token_id).items()}
+    if spec.decode == "latent":
+        decoded = latent_decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
+                                min_new_tokens=min_new_tokens, use_cache=use_cache)
+    else:
+        decoded = greedy_decode(
+            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            use_cache=use_cache,
+        )
     texts = tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True)
     return [split_generation(t, spec, len(ids)) for t, ids in zip(texts, decoded.tokens)], decoded.forward_passes
 

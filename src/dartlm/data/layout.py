@@ -85,6 +85,11 @@ def segment_example(example: Example, tokenizer, fmt: PromptFormat) -> Segments:
     )
 
 
+def step_ids(example: Example, tokenizer, fmt: PromptFormat) -> tuple[tuple[int, ...], ...]:
+    """Each CoT step tokenised on its own (joiner + step), for curricula that drop whole steps (Coconut)."""
+    return tuple(_encode(tokenizer, fmt.joiner + step) for step in example.steps)
+
+
 def separator_ids(tokenizer, fmt: PromptFormat) -> tuple[int, ...]:
     ids = _encode(tokenizer, fmt.joiner + fmt.separator)
     if not ids:

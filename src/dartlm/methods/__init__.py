@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dartlm.config import ConfigError, MethodConfig
 from dartlm.methods.base import Method
+from dartlm.methods.coconut import CoconutMethod
+from dartlm.methods.codi import CodiMethod
 from dartlm.methods.dart import DartMethod
+from dartlm.methods.icot import IcotMethod
 from dartlm.methods.sft import CotMethod, NoCotMethod, PauseMethod
 
 METHODS: dict[str, type[Method]] = {
@@ -12,6 +15,9 @@ METHODS: dict[str, type[Method]] = {
     "cot": CotMethod,
     "nocot": NoCotMethod,
     "pause": PauseMethod,
+    "icot": IcotMethod,
+    "coconut": CoconutMethod,
+    "codi": CodiMethod,
 }
 
 

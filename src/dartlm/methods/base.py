@@ -26,13 +26,34 @@ class Method:
     # "cot": the prompt is the question; the model writes the CoT, the separator, then the answer.
     decode: str = "answer"
 
+    # A curriculum (iCoT, Coconut) changes the layout as training advances; the trainer tells the method where it
+    # is (`set_progress`) and resets the optimizer whenever `schedule_key` changes.
+    curriculum: bool = False
+
     def __init__(self, config: MethodConfig):
         self.config = config
         self.format = PromptFormat(separator=config.separator)
+        self.epoch = 0.0  # training progress in epochs (curriculum methods)
+        self.step = 0
 
     @property
     def num_thoughts(self) -> int:
         return self.config.num_thought_tokens if self.thought_token else 0
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """Tokens added to the vocabulary for this method."""
+        return (self.thought_token,) if self.thought_token else ()
+
+    def extend_model(self, model: nn.Module) -> None:
+        """Add modules of the method's own (CODI's projection) to the prepared model; most methods add none."""
+
+    def set_progress(self, epoch: float, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    def schedule_key(self, epoch: float):
+        """The curriculum's stage at `epoch` (None: no curriculum)."""
+        return None
 
     def encode(self, example: Example, tokenizer, thought_id: int | None) -> Any:
         """The training features of one example."""

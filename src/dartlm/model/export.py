@@ -18,6 +18,7 @@ from dartlm.model.adapters import is_peft
 from dartlm.model.rem import merge_rem, rem_wrappers
 
 PROMPT_FILE = "dartlm_prompt.json"
+PROJECTION_FILE = "latent_projection.safetensors"
 
 
 class MergeMismatchError(RuntimeError):
@@ -30,6 +31,8 @@ class PromptSpec:
 
     decode "answer": ids([bos] + Q) + [thought_token] * C + ids(joiner + separator), then the answer.
     decode "cot": ids([bos] + Q), then the model writes the CoT, the separator and the answer.
+    decode "latent": ids([bos] + Q) + <bot>, C continuous thoughts (through `latent_projection.safetensors` when
+    `projection`), then ids(<eot>) + ids(joiner + separator), then the answer.
     """
 
     method: str
@@ -38,6 +41,8 @@ class PromptSpec:
     separator: str
     joiner: str = " "
     decode: str = "answer"  # "answer": prompt ends with the separator; "cot": the model writes CoT first
+    latent_markers: tuple[str, str] | None = None  # (<bot>, <eot>) for decode "latent"
+    projection: bool = False  # continuous thoughts pass through the saved projection (CODI)
     format_version: int = 1
 
     def save(self, folder: Path) -> None:
@@ -48,7 +53,10 @@ class PromptSpec:
         path = Path(folder) / PROMPT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: no {PROMPT_FILE}; is this a folder written by `dartlm export`?")
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        if fields.get("latent_markers"):
+            fields["latent_markers"] = tuple(fields["latent_markers"])
+        return cls(**fields)
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:

@@ -30,10 +30,12 @@ def prepare_model(base: nn.Module, tokenizer, config: Config, method: Method) ->
     either way when the method uses it.
     """
     ensure_pad_token(tokenizer)
-    thought_id = add_special_token(base, tokenizer, method.thought_token) if method.thought_token else None
+    ids = {token: add_special_token(base, tokenizer, token) for token in method.special_tokens}
+    thought_id = ids.get(method.thought_token)
     lora = lora_settings(config)
     model = attach_adapters(base, lora, rem_settings(config, method))
     if lora is None:
         for param in model.parameters():
             param.requires_grad_(True)
+    method.extend_model(model)
     return model, thought_id

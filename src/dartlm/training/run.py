@@ -272,4 +272,14 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     run = load_trained(run_dir, checkpoint, dtype="float32")
     spec = run.method.prompt_spec()
     probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
-    return export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype, log=log)
+    projection = getattr(run.model, "latent_projection", None)  # CODI's; merging drops the wrapper that holds it
+    difference = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
+                              log=log)
+    if spec.projection:
+        from safetensors.torch import save_file
+
+        from dartlm.model.export import PROJECTION_FILE
+
+        state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in projection.state_dict().items()}
+        save_file(state, str(out_dir / PROJECTION_FILE))
+    return difference

@@ -55,6 +55,8 @@ class MethodTrainer(Trainer):
         self.method = method
         self._early_backward = None
         self._terms: dict[str, list[float]] = defaultdict(list)
+        self._reset_step = -1
+        self.optimizer_resets = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Lets a method back-propagate part of its loss early, scaled exactly as the Trainer scales the rest.
@@ -64,7 +66,26 @@ class MethodTrainer(Trainer):
         finally:
             self._early_backward = None
 
+    def epochs_done(self, step: int) -> float:
+        """Training progress after `step` optimizer steps, in epochs of this run's data."""
+        batches = math.ceil(len(self.train_dataset) / (self.args.per_device_train_batch_size * self.args.world_size))
+        return step / max(1, batches // self.args.gradient_accumulation_steps)
+
+    def advance_curriculum(self) -> None:
+        """Tell a curriculum method where training is; reset the optimizer's moments when its stage changes."""
+        step = self.state.global_step
+        epoch = self.epochs_done(step)
+        self.method.set_progress(epoch, step)
+        if step > 0 and self._reset_step != step and \
+                self.method.schedule_key(epoch) != self.method.schedule_key(self.epochs_done(step - 1)):
+            optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate wraps it
+            optimizer.state.clear()
+            self._reset_step = step
+            self.optimizer_resets += 1
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.method.curriculum and model.training:
+            self.advance_curriculum()
         loss, terms = self.method.loss(model, inputs, backward=self._early_backward)
         if not torch.isfinite(loss):
             bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["loss"]
