@@ -127,6 +127,41 @@ def _demo(args) -> int:
     return 0
 
 
+def _comparison_settings(args):
+    import dataclasses
+
+    from dartlm.demo import DemoSettings
+
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    changes = {k: v for k, v in (("train_steps", args.train_steps), ("distill_weight", args.distill_weight))
+               if v is not None}
+    return dataclasses.replace(settings, **changes)
+
+
+def _compare(args) -> int:
+    from dartlm.comparison import resolve_variants, run_comparison
+
+    variants = resolve_variants(args.variants.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run_comparison(variants, _comparison_settings(args), seeds, Path(args.output_dir), workers=args.workers,
+                   latency_items=args.latency_items)
+    print(f"results: {Path(args.output_dir) / 'comparison.json'}, .md and .png")
+    return 0
+
+
+def _sweep(args) -> int:
+    from dartlm.comparison import plot_sweep, run_comparison, sweep_variants
+
+    values = [int(c) for c in args.values.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.output_dir)
+    summary = run_comparison(sweep_variants(values), _comparison_settings(args), seeds, out, workers=args.workers,
+                             latency_items=args.latency_items)
+    plot_sweep(summary, out / "sweep.png")
+    print(f"results: {out / 'comparison.json'}, .md, and {out / 'sweep.png'}")
+    return 0
+
+
 def _params(args) -> int:
     from dartlm.config import load_config
     from dartlm.params import parameter_report
@@ -219,6 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train a shared base first for N steps, then fine-tune it with LoRA per method")
     demo.add_argument("--methods", help="comma-separated subset of nocot,cot,pause,dart")
     demo.set_defaults(run=_demo)
+
+    def comparison_options(sub):
+        sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (task data and model init)")
+        sub.add_argument("--train-steps", type=int, help="steps per run (default: the demo's)")
+        sub.add_argument("--distill-weight", type=float, help="DART's lambda (default: the demo's)")
+        sub.add_argument("--workers", type=int, default=1,
+                         help="runs trained in parallel, one thread each (latency is timed afterwards, alone)")
+        sub.add_argument("--latency-items", type=int, default=100, help="test questions timed at batch size 1")
+        sub.add_argument("--quick", action="store_true", help="the demo's one-minute settings (a smoke run)")
+
+    compare = commands.add_parser("compare", help="methods and DART ablations on the demo's synthetic task, "
+                                                  "over seeds: one table and one plot")
+    compare.add_argument("--variants", default="table1,table3",
+                         help="comma-separated variants or groups (table1, table3, demo); see dartlm.comparison")
+    compare.add_argument("--output-dir", default="comparison")
+    comparison_options(compare)
+    compare.set_defaults(run=_compare)
+
+    sweep = commands.add_parser("sweep", help="DART for a list of C (ST tokens): accuracy and latency against C")
+    sweep.add_argument("--values", default="0,1,2,4,8,16", help="comma-separated C values")
+    sweep.add_argument("--output-dir", default="sweep")
+    comparison_options(sweep)
+    sweep.set_defaults(run=_sweep)
 
     params = commands.add_parser("params", help="trainable-parameter breakdown of a config (no weights loaded)")
     params.add_argument("config", help="YAML file or packaged config name, e.g. paper/llama-3.2-1b-dart")

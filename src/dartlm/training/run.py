@@ -272,7 +272,9 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     run = load_trained(run_dir, checkpoint, dtype="float32")
     spec = run.method.prompt_spec()
     probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
-    projection = getattr(run.model, "latent_projection", None)  # CODI's; merging drops the wrapper that holds it
+    projection = getattr(run.model, "latent_projection", None)  # CODI's: saved on its own, not in the plain model
+    if projection is not None:
+        del run.model.latent_projection
     difference = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
                               log=log)
     if spec.projection:

@@ -1,0 +1,265 @@
+"""Every method and ablation on the demo's synthetic task, over seeds: `dartlm bench compare` and `dartlm bench sweep`.
+
+Each (seed, variant) job trains from scratch with the demo's model and budget, exports, and scores the test split
+(batched). Jobs can run in parallel worker processes (one thread each), and each writes its result file as soon as
+it finishes, so an interrupted run resumes where it stopped. Latency is measured afterwards in one quiet pass:
+batch size 1, every variant on the same test questions, interleaved question by question, so that the numbers are
+comparable side by side. Results: JSON, a markdown table and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from dartlm.demo import DemoSettings, method_config, prepare_data
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str
+    overrides: dict = field(default_factory=dict)  # "section.key" -> value, on top of the demo's config
+    paper: str = ""  # what it corresponds to in the DART paper
+
+
+# The demo trains 4 epochs (500 steps of 32 on 4,000 problems) on 3-step problems (2 CoT steps after the last is
+# dropped); the curricula are scaled to that: iCoT removes 8 tokens per epoch (its default; a CoT is ~13 tokens),
+# Coconut has one stage per epoch and 2 thoughts per step (its GSM8K setting), CODI 6 thoughts (its default).
+VARIANTS = {v.label: v for v in (
+    Variant("nocot", "nocot", paper="Table 1: No-CoT"),
+    Variant("cot", "cot", paper="Table 1: CoT"),
+    Variant("pause", "pause", paper="Table 1: PauseFT"),
+    Variant("dart", "dart", paper="Table 1: DART"),
+    Variant("icot", "icot", paper="Table 1: iCoT"),
+    Variant("coconut", "coconut", {"method.coconut_thoughts_per_step": 2, "method.coconut_max_stages": 2,
+                                   "method.coconut_epochs_per_stage": 1.0}, paper="Table 1: Coconut"),
+    Variant("codi", "codi", {"method.num_thought_tokens": 6}, paper="Table 1: CODI"),
+    Variant("dart-no-st", "dart", {"method.num_thought_tokens": 0}, paper="Table 3: w/o ST"),
+    Variant("dart-no-rem", "dart", {"rem.enabled": False}, paper="Table 3: w/o REM"),
+    Variant("dart-lora-rem", "dart", {"rem.placement": "output"}, paper="Table 3: w/ LoRA-REM"),
+    Variant("dart-no-distill", "dart", {"method.distill_weight": 0.0}, paper="Table 3: w/o L_distill"),
+    Variant("dart-distill-y1", "dart", {"method.distill_at": "y_1"}, paper="Table 3: L_distill on y_1"),
+    Variant("dart-distill-zn-answer", "dart", {"method.distill_at": "z_n_and_answer"},
+            paper="Table 3: L_distill on [z_N; Y]"),
+)}
+GROUPS = {
+    "table1": ["nocot", "cot", "pause", "dart", "icot", "coconut", "codi"],
+    "table3": ["dart", "dart-no-st", "dart-no-rem", "dart-lora-rem", "dart-no-distill", "dart-distill-y1",
+               "dart-distill-zn-answer"],
+    "demo": ["nocot", "cot", "pause", "dart"],
+}
+
+
+def resolve_variants(names: list[str]) -> list[Variant]:
+    """Variant labels and group names (table1, table3, demo) -> variants, in order, without repeats."""
+    labels: list[str] = []
+    for name in names:
+        for label in GROUPS.get(name, [name]):
+            if label not in VARIANTS:
+                raise ValueError(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}; groups: {', '.join(GROUPS)}")
+            if label not in labels:
+                labels.append(label)
+    return [VARIANTS[label] for label in labels]
+
+
+def sweep_variants(values: list[int]) -> list[Variant]:
+    """DART with C = each value (the paper's Figure 2)."""
+    return [Variant(f"dart-c{c}", "dart", {"method.num_thought_tokens": c}, paper="Figure 2") for c in values]
+
+
+def seed_settings(settings: DemoSettings, seed: int) -> DemoSettings:
+    return replace(settings, seed=seed)
+
+
+def run_job(job: dict) -> dict:
+    """Train, export and score one (seed, variant); runs in a worker process. Returns the result it wrote."""
+    import torch
+
+    from dartlm.eval.evaluate import EvalSettings, evaluate
+    from dartlm.training.run import export_run, train
+
+    torch.set_num_threads(job["threads"])
+    settings = DemoSettings(**job["settings"])
+    variant = Variant(**job["variant"])
+    root = Path(job["seed_dir"])
+    run_dir, model_dir = root / "runs" / variant.label, root / "models" / variant.label
+    config = method_config(settings, variant.method, root / "data", run_dir, None, settings.train_steps)
+    for key, value in variant.overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    config.training.progress_bar = False
+    config.validate(f"variant {variant.label}")
+    started = time.perf_counter()
+    train(config, run_dir, overwrite=True)
+    train_s = time.perf_counter() - started
+    export_run(run_dir, model_dir, force=True, log=lambda *_: None)
+    scored = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(root / "data" / "test.txt"),
+                                              batch_size=32, latency_items=0),
+                      root / "scores" / f"{variant.label}.json", progress=False)
+    result = {"label": variant.label, "seed": settings.seed, "accuracy": scored["accuracy"]["strict"],
+              "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"]}
+    path = Path(job["result_path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[int], out_dir: Path, *,
+                   workers: int = 1, latency_items: int = 100, log=print) -> dict:
+    """Train and score every (seed, variant), then time every variant side by side; writes comparison.{json,md,png}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    jobs = []
+    for seed in seeds:
+        seed_dir = out_dir / f"seed-{seed}"
+        current = seed_settings(settings, seed)
+        if not (seed_dir / "data" / "test.txt").is_file():
+            prepare_data(current, seed_dir / "data")
+        for variant in variants:
+            result_path = seed_dir / "results" / f"{variant.label}.json"
+            if result_path.is_file():
+                continue  # done in an earlier, interrupted run
+            jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
+                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2})
+    log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for result in pool.map(run_job, jobs):
+                log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
+                    f"(trained in {result['train_s']:.0f} s)")
+    else:
+        for job in jobs:
+            result = run_job(job)
+            log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
+                f"(trained in {result['train_s']:.0f} s)")
+    results = {v.label: [json.loads((out_dir / f"seed-{s}" / "results" / f"{v.label}.json").read_text())
+                         for s in seeds] for v in variants}
+    latency = measure_latency(variants, out_dir / f"seed-{seeds[0]}", latency_items, log=log)
+    summary = summarize_comparison(variants, results, latency, settings, seeds)
+    summary["wall_time_s"] = time.perf_counter() - started
+    summary["workers"] = workers
+    (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    table = comparison_table(summary)
+    (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    plot_comparison(summary, out_dir / "comparison.png")
+    log("\n" + table)
+    return summary
+
+
+def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warmup: int = 3, log=print) -> dict:
+    """Batch-size-1 latency of every exported variant on the same test questions, interleaved."""
+    import torch
+
+    from dartlm.eval.benchmarks import load_benchmark
+    from dartlm.eval.measure import machine_info, stopwatch, summarize
+    from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
+
+    torch.set_num_threads(2)
+    loaded = {v.label: load_exported(seed_dir / "models" / v.label) for v in variants}
+    questions = [i.question for i in load_benchmark("gsm8k", str(seed_dir / "data" / "test.txt"), limit=items)]
+    times: dict[str, list[float]] = {v.label: [] for v in variants}
+    passes: dict[str, list[int]] = {v.label: [] for v in variants}
+    tokens: dict[str, list[int]] = {v.label: [] for v in variants}
+    labels = [v.label for v in variants]
+    log(f"latency: {len(questions)} questions x {len(labels)} variants, batch size 1, interleaved")
+    for index, question in enumerate(questions):
+        order = labels[index % len(labels):] + labels[: index % len(labels)]
+        for label in order:
+            model, tokenizer, spec = loaded[label]
+            prompt = prompt_ids([question], tokenizer, spec)
+            for _ in range(warmup + 1 if index == 0 else 1):
+                with stopwatch("cpu") as watch:
+                    generations, count = decode_prompts(model, tokenizer, spec, prompt,
+                                                        max_new_tokens=default_max_new_tokens(spec))
+            times[label].append(watch["ms"])
+            passes[label].append(count)
+            tokens[label].append(generations[0].num_tokens)
+    return {"machine": machine_info("cpu"), "n": len(questions), "variants": {
+        label: {"latency_ms": summarize(times[label]), "forward_passes": statistics.fmean(passes[label]),
+                "new_tokens": statistics.fmean(tokens[label])} for label in labels}}
+
+
+def summarize_comparison(variants, results, latency, settings, seeds) -> dict:
+    rows = {}
+    for v in variants:
+        accs = [100 * r["accuracy"] for r in results[v.label]]
+        rows[v.label] = {
+            "method": v.method, "overrides": v.overrides, "paper": v.paper,
+            "accuracy_mean": statistics.fmean(accs),
+            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy_per_seed": accs,
+            "train_s_mean": statistics.fmean(r["train_s"] for r in results[v.label]),
+            **latency["variants"][v.label],
+        }
+    return {"settings": asdict(settings), "seeds": seeds, "test_items": results[variants[0].label][0]["n"],
+            "latency_items": latency["n"], "machine": latency["machine"], "variants": rows}
+
+
+def comparison_table(summary: dict) -> str:
+    lines = [
+        f"Synthetic task, {summary['test_items']} test problems, seeds {', '.join(map(str, summary['seeds']))}; "
+        f"latency: median of {summary['latency_items']} questions at batch size 1, interleaved (seed "
+        f"{summary['seeds'][0]}'s models).",
+        "",
+        "| variant | paper | accuracy % (mean ± std) | per seed | ms/sample | forward passes | tokens generated |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in summary["variants"].items():
+        seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
+        lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
+                     f"{row['latency_ms']['median']:.1f} | {row['forward_passes']:.1f} | {row['new_tokens']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(summary: dict, path: Path) -> None:
+    """Accuracy (mean ± std over seeds) against median latency, one point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for index, (label, row) in enumerate(summary["variants"].items()):
+        x, y = row["latency_ms"]["median"], row["accuracy_mean"]
+        ax.errorbar(x, y, yerr=row["accuracy_std"], fmt="o" if row["method"] != "dart" else "s",
+                    color=f"C{index % 10}", capsize=3, label=label)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency per sample (ms, batch size 1, log scale)")
+    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
+    ax.set_title(f"Synthetic task, {len(summary['seeds'])} seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(summary: dict, path: Path) -> None:
+    """The paper's Figure 2: accuracy and latency against C."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summary["variants"].values(), key=lambda r: r["overrides"]["method.num_thought_tokens"])
+    cs = [r["overrides"]["method.num_thought_tokens"] for r in rows]
+    fig, left = plt.subplots(figsize=(7, 4.5))
+    left.errorbar(cs, [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_std"] for r in rows], fmt="o-",
+                  color="C0", capsize=3)
+    left.set_xlabel("C, the number of ST tokens")
+    left.set_ylabel("test accuracy (%, mean ± std over seeds)", color="C0")
+    right = left.twinx()
+    right.plot(cs, [r["latency_ms"]["median"] for r in rows], "s--", color="C1")
+    right.set_ylabel("median latency per sample (ms)", color="C1")
+    left.set_title("DART: accuracy and latency against C")
+    left.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

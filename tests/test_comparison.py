@@ -1,0 +1,49 @@
+"""`dartlm compare` and `dartlm sweep` end to end on the quick settings: tables, plots, resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dartlm.cli import main
+from dartlm.comparison import GROUPS, VARIANTS, resolve_variants
+
+
+def test_variant_groups_cover_the_papers_tables():
+    assert len(GROUPS["table1"]) == 7 and len(GROUPS["table3"]) == 7  # Table 3: DART and its six ablations
+    assert all(label in VARIANTS for group in GROUPS.values() for label in group)
+    assert [v.label for v in resolve_variants(["demo", "dart", "codi"])] == ["nocot", "cot", "pause", "dart", "codi"]
+    with pytest.raises(ValueError, match="unknown variant 'dartt'"):
+        resolve_variants(["dartt"])
+
+
+def test_compare_writes_table_plot_and_resumes(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--variants", "nocot,codi,dart-lora-rem", "--seeds", "0", "--train-steps", "4",
+            "--latency-items", "3", "--output-dir", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "comparison.json").read_text())
+    assert list(summary["variants"]) == ["nocot", "codi", "dart-lora-rem"]
+    codi = summary["variants"]["codi"]
+    # Passes = prefill + one per thought + (<eot> SEP, CODI only) + one per token after the first; the token count
+    # excludes eos, so passes - tokens is 0..1 for No-CoT and 7..8 for CODI's 6 thoughts.
+    nocot = summary["variants"]["nocot"]
+    assert 0 <= nocot["forward_passes"] - nocot["new_tokens"] <= 1
+    assert 7 <= codi["forward_passes"] - codi["new_tokens"] <= 8
+    assert 0.0 <= codi["accuracy_mean"] <= 100.0 and codi["latency_ms"]["n"] == 3
+    assert (out / "comparison.png").stat().st_size > 0
+    assert "| codi | Table 1: CODI |" in (out / "comparison.md").read_text()
+    capsys.readouterr()
+    assert main(args) == 0  # every result file exists: nothing is trained again
+    assert "0 runs to do" in capsys.readouterr().out
+
+
+def test_sweep_in_two_worker_processes(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--quick", "--values", "0,2", "--seeds", "0", "--train-steps", "3", "--workers", "2",
+                 "--latency-items", "2", "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "comparison.json").read_text())
+    assert list(summary["variants"]) == ["dart-c0", "dart-c2"]
+    assert summary["variants"]["dart-c2"]["overrides"] == {"method.num_thought_tokens": 2}
+    assert (out / "sweep.png").stat().st_size > 0
