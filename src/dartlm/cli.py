@@ -119,7 +119,8 @@ def _demo(args) -> int:
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {k: v for k, v in (("task_steps", args.task_steps), ("max_value", args.max_value),
                                  ("operations", args.operations), ("train_steps", args.train_steps),
-                                 ("seed", args.seed), ("pretrain_steps", args.pretrain_steps)) if v is not None}
+                                 ("seed", args.seed), ("pretrain_steps", args.pretrain_steps),
+                                 ("distill_weight", args.distill_weight)) if v is not None}
     if args.methods:
         changes["methods"] = tuple(args.methods.split(","))
     settings = dataclasses.replace(settings, **changes)
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pretrain-steps", type=int,
                       help="train a shared base first for N steps, then fine-tune it with LoRA per method")
     demo.add_argument("--methods", help="comma-separated subset of nocot,cot,pause,dart")
+    demo.add_argument("--distill-weight", type=float, help="DART's lambda (default 20, the paper's)")
     demo.set_defaults(run=_demo)
 
     def comparison_options(sub):
