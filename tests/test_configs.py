@@ -14,8 +14,20 @@ def test_every_paper_setting_is_shipped():
     for model in ("llama-3.2-1b", "llama-3.2-3b", "qwen2.5-1.5b", "gpt2"):
         for method in ("dart", "cot", "nocot", "pause"):
             assert f"paper/{model}-{method}" in SHIPPED
-    for method in ("dart", "cot", "nocot", "pause"):
+    for method in ("icot", "coconut", "codi"):  # the rest of Table 1, run on Llama-3.2-1B in the paper
+        assert f"paper/llama-3.2-1b-{method}" in SHIPPED
+    for method in ("dart", "cot", "nocot", "pause", "icot", "coconut", "codi"):
         assert f"tiny/{method}" in SHIPPED
+
+
+def test_baseline_configs_keep_the_shared_llama_settings():
+    cot = load_config("paper/llama-3.2-1b-cot")
+    for method in ("icot", "coconut", "codi"):
+        config = load_config(f"paper/llama-3.2-1b-{method}")
+        assert config.model == cot.model and config.lora == cot.lora and config.data == cot.data
+        assert (config.training.lr, config.training.batch_size * config.training.grad_accum) == (8e-4, 128)
+    codi = load_config("paper/llama-3.2-1b-codi")
+    assert (codi.method.num_thought_tokens, codi.method.distill_weight) == (6, 20.0)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
