@@ -40,7 +40,8 @@ def test_terms_are_finite_and_combine_with_lambda(setup):
     assert all(torch.isfinite(t) for t in terms)
     assert out.distill > 0  # <st> tokens are not the CoT, so the hidden states differ
     assert out.total.item() == pytest.approx((out.cot + out.st + 20.0 * out.distill).item(), rel=1e-6)
-    assert set(out.logs()) == {"loss_cot", "loss_st", "loss_distill"}
+    assert set(out.logs()) == {"loss_cot", "loss_st", "loss_distill", "teacher_spread"}
+    assert 0 < out.logs()["teacher_spread"] < 2
 
 
 def test_cot_pathway_runs_without_rem_and_st_pathway_with_it(setup):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dartlm.data.layout import ANSWER, PAD_ROLE, PROMPT, REASONING
-from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked
+from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
+                           teacher_spread)
 
 
 def test_distill_loss_matches_hand_computation():
@@ -31,6 +32,18 @@ def test_detached_teacher_gets_no_gradient_from_distillation():
     teacher.grad = student.grad = None
     distill_loss(teacher, student, detach_teacher=False).backward()
     assert teacher.grad is not None and teacher.grad.abs().sum() > 0
+
+
+def test_teacher_spread_matches_hand_computation_and_is_zero_when_positions_agree():
+    # L = 1 layer, M = 2 positions, n = 2 features: rows (0, 2) and (2, 6).
+    teacher = torch.tensor([[[0.0, 2.0], [2.0, 6.0]]])
+    # Across positions (unbiased): feature 1 std of {0, 2} = sqrt(2), feature 2 std of {2, 6} = sqrt(8); mean
+    # (sqrt(2) + sqrt(8)) / 2 = 1.5 sqrt(2). Overall {0, 2, 2, 6}: mean 2.5, squared deviations sum to 19, var 19/3.
+    expected = 1.5 * math.sqrt(2) / math.sqrt(19 / 3)
+    assert teacher_spread(teacher) == pytest.approx(expected, rel=1e-6)
+    same = torch.tensor([[[1.0, 5.0], [1.0, 5.0], [1.0, 5.0]]])
+    assert teacher_spread(same) == 0.0
+    assert teacher_spread(torch.randn(3, 1, 4)) is None  # one position: no spread to measure
 
 
 def test_distill_loss_rejects_mismatched_shapes():

@@ -77,3 +77,20 @@ def distill_loss(teacher: torch.Tensor, student: torch.Tensor, *, detach_teacher
     scale = teacher.reshape(layers, -1).std(dim=1)  # (L,)
     distance = (teacher - student).abs().reshape(layers, -1).mean(dim=1)  # (L,)
     return (distance / scale).mean()
+
+
+def teacher_spread(teacher: torch.Tensor) -> float | None:
+    """How much the teacher's hidden states differ between the matched positions, for spotting collapse.
+
+    teacher: (L, M, n). Per layer, the std across the M positions (per feature, averaged over features) over the
+    std of the whole (M, n) tensor; the mean over layers. About 1 when positions are as different as features are,
+    0 when every example has the same hidden state there: the state in which L_distill can be tiny while the
+    position carries nothing about the question. None when fewer than two positions are matched.
+    """
+    layers, positions = teacher.shape[0], teacher.shape[1]
+    if positions < 2:
+        return None
+    teacher = teacher.detach().float()
+    across_positions = teacher.std(dim=1).mean(dim=-1)  # (L,)
+    overall = teacher.reshape(layers, -1).std(dim=1)  # (L,)
+    return (across_positions / overall.clamp_min(torch.finfo(torch.float32).tiny)).mean().item()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dartlm.data.layout import build_pathway, pad_pathways
 from dartlm.latent import latent_batch, run_latent_pathway, thought_projection
-from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked
+from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
+                           teacher_spread)
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
 
@@ -59,6 +60,9 @@ class CodiMethod(LatentMethod):
         h_student = gather_masked(student.hidden_states, distill_positions(suffix["roles"], suffix["anchor"], "z_n"))
         loss_distill = distill_loss(h_teacher, h_student, detach_teacher=True)
         total = loss_teacher + loss_student + self.config.distill_weight * loss_distill
-        return total, {"loss_cot": loss_teacher.item(), "loss_st": loss_student.item(),
-                       "loss_distill": loss_distill.item()}
+        logs = {"loss_cot": loss_teacher.item(), "loss_st": loss_student.item(), "loss_distill": loss_distill.item()}
+        spread = teacher_spread(h_teacher)
+        if spread is not None:
+            logs["teacher_spread"] = spread
+        return total, logs
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dartlm.data.layout import DartCollator, DartFeatures, build_pathway
-from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked
+from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
+                           teacher_spread)
 from dartlm.methods.base import Method, thoughts
 from dartlm.model.adapters import ST_TOKEN
 from dartlm.model.rem import rem_disabled
@@ -30,9 +31,13 @@ class DartLoss:
     cot: torch.Tensor
     st: torch.Tensor
     distill: torch.Tensor
+    spread: float | None = None  # losses.teacher_spread at the distilled positions
 
     def logs(self) -> dict[str, float]:
-        return {"loss_cot": self.cot.item(), "loss_st": self.st.item(), "loss_distill": self.distill.item()}
+        logs = {"loss_cot": self.cot.item(), "loss_st": self.st.item(), "loss_distill": self.distill.item()}
+        if self.spread is not None:
+            logs["teacher_spread"] = self.spread
+        return logs
 
 
 def run_pathway(model: nn.Module, batch: dict[str, torch.Tensor]):
@@ -68,7 +73,7 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
     student_loss = loss_st + settings.distill_weight * loss_distill
     total = student_loss + (loss_cot.detach() if early else loss_cot)
-    return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach())
+    return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach(), teacher_spread(h_teacher))
 
 
 class DartMethod(Method):
