@@ -28,6 +28,7 @@ def test_baseline_configs_keep_the_shared_llama_settings():
         assert (config.training.lr, config.training.batch_size * config.training.grad_accum) == (8e-4, 128)
     codi = load_config("paper/llama-3.2-1b-codi")
     assert (codi.method.num_thought_tokens, codi.method.distill_weight) == (6, 20.0)
+    assert load_config("paper/llama-3.2-1b-icot").method.icot_remove_all_after == 39  # iCoT's GSM8K threshold
 
 
 @pytest.mark.parametrize("name", SHIPPED)
