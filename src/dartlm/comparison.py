@@ -1,4 +1,4 @@
-"""Every method and ablation on the demo's synthetic task, over seeds: `dartlm bench compare` and `dartlm bench sweep`.
+"""Every method and ablation on the demo's synthetic task, over seeds: `dartlm compare` and `dartlm sweep`.
 
 Each (seed, variant) job trains from scratch with the demo's model and budget, exports, and scores the test split
 (batched). Jobs can run in parallel worker processes (one thread each), and each writes its result file as soon as
@@ -13,6 +13,7 @@ import json
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -73,10 +74,6 @@ def sweep_variants(values: list[int]) -> list[Variant]:
     return [Variant(f"dart-c{c}", "dart", {"method.num_thought_tokens": c}, paper="Figure 2") for c in values]
 
 
-def seed_settings(settings: DemoSettings, seed: int) -> DemoSettings:
-    return replace(settings, seed=seed)
-
-
 def run_job(job: dict) -> dict:
     """Train, export and score one (seed, variant); runs in a worker process. Returns the result it wrote."""
     import torch
@@ -118,7 +115,7 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
     jobs = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
-        current = seed_settings(settings, seed)
+        current = replace(settings, seed=seed)
         if not (seed_dir / "data" / "test.txt").is_file():
             prepare_data(current, seed_dir / "data")
         for variant in variants:
@@ -128,14 +125,9 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
                          "result_path": str(result_path), "threads": 1 if workers > 1 else 2})
     log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for result in pool.map(run_job, jobs):
-                log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
-                    f"(trained in {result['train_s']:.0f} s)")
-    else:
-        for job in jobs:
-            result = run_job(job)
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext()
+    with pool:
+        for result in (pool.map if workers > 1 else map)(run_job, jobs):
             log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
                 f"(trained in {result['train_s']:.0f} s)")
     results = {v.label: [json.loads((out_dir / f"seed-{s}" / "results" / f"{v.label}.json").read_text())

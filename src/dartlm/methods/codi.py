@@ -16,6 +16,7 @@ from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_
                            teacher_spread)
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
+from dartlm.methods.dart import DartLoss
 
 PROJECTION_ATTRIBUTE = "latent_projection"
 
@@ -60,9 +61,7 @@ class CodiMethod(LatentMethod):
         h_student = gather_masked(student.hidden_states, distill_positions(suffix["roles"], suffix["anchor"], "z_n"))
         loss_distill = distill_loss(h_teacher, h_student, detach_teacher=True)
         total = loss_teacher + loss_student + self.config.distill_weight * loss_distill
-        logs = {"loss_cot": loss_teacher.item(), "loss_st": loss_student.item(), "loss_distill": loss_distill.item()}
-        spread = teacher_spread(h_teacher)
-        if spread is not None:
-            logs["teacher_spread"] = spread
-        return total, logs
+        terms = DartLoss(total, loss_teacher.detach(), loss_student.detach(), loss_distill.detach(),
+                         teacher_spread(h_teacher))
+        return total, terms.logs()
 

@@ -25,7 +25,7 @@ class DartLossSettings:
 
 @dataclass
 class DartLoss:
-    """The total and its three terms (the terms detached, for logging)."""
+    """The total and its three terms (the terms detached, for logging); CODI reports the same terms."""
 
     total: torch.Tensor
     cot: torch.Tensor
