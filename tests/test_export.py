@@ -111,3 +111,43 @@ def test_inference_prompt_is_the_st_pathway_without_the_answer(tokenizer, tmp_pa
     features = encode_dart(EXAMPLES[0], tok, PromptFormat(), st_id, SPEC.num_thought_tokens)
     (prompt,) = prompt_ids([EXAMPLES[0].question], tok, SPEC)
     assert prompt == features.st.input_ids[: features.st.anchor + 1]
+
+
+def test_merge_check_is_float64_and_relative(tokenizer, tmp_path):
+    from dartlm.model.export import merge_with_check, relative_difference
+
+    model, tok, probe = trained_like("llama", tokenizer)
+    merged, difference = merge_with_check(model, probe)
+    # float64 rounding only: many orders of magnitude below the default tolerance (1e-8), at any model size.
+    assert difference < 1e-12
+    assert next(merged.parameters()).dtype == torch.float64
+    keep = torch.tensor([[True, True], [True, False]])
+    reference = torch.tensor([[[2.0, -4.0], [1.0, 0.0]], [[0.5, 0.5], [100.0, 0.0]]])
+    logits = reference + torch.tensor([[[0.0, 0.4], [0.0, 0.0]], [[0.0, 0.0], [50.0, 0.0]]])
+    # The masked-out position (diff 50) is ignored: 0.4 / max|reference over kept rows| = 0.4 / 4.
+    assert relative_difference(reference, logits, keep) == pytest.approx(0.1)
+
+
+def test_merge_check_refuses_a_slightly_wrong_merge(tokenizer, tmp_path, monkeypatch):
+    model, tok, probe = trained_like("llama", tokenizer)
+    from dartlm.model import rem as rem_module
+
+    real_merged = rem_module.RemProjection.merged
+
+    def off_by_a_thousandth(self):  # REM folded in with a 0.1% error in its scale
+        self.rem.scaling *= 1.001
+        return real_merged(self)
+
+    monkeypatch.setattr(rem_module.RemProjection, "merged", off_by_a_thousandth)
+    with pytest.raises(MergeMismatchError, match="of the logits' scale"):
+        export_model(model, tok, SPEC, probe, tmp_path / "exported", log=lambda _: None)
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_saves_float32_weights_after_the_float64_check(tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    model, tok, probe = trained_like("gpt2", tokenizer)
+    export_model(model, tok, SPEC, probe, tmp_path / "m", log=lambda _: None)
+    weights = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}

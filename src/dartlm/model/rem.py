@@ -63,6 +63,11 @@ class RemSettings:
         return self.alpha / self.rank
 
 
+def widened(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in fp32, or in its own dtype when that is wider (a float64 merge check stays in float64)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class LowRankResidual(nn.Module):
     """x -> x + s * up(down(x)), the identity at initialisation (`up` starts at zero, as LoRA's B does)."""
 
@@ -81,10 +86,10 @@ class LowRankResidual(nn.Module):
 
     @torch.no_grad()
     def matrix(self) -> torch.Tensor:
-        """The (n, n) matrix M with x' = x @ M, in fp32: I + s * W_R1 @ W_R2^T."""
-        down = self.down.weight.float()  # (d, n)
-        up = self.up.weight.float()  # (n, d)
-        eye = torch.eye(down.shape[1], device=down.device)
+        """The (n, n) matrix M with x' = x @ M, in fp32 or wider: I + s * W_R1 @ W_R2^T."""
+        down = widened(self.down.weight)  # (d, n)
+        up = widened(self.up.weight)  # (n, d)
+        eye = torch.eye(down.shape[1], device=down.device, dtype=down.dtype)
         return eye + self.scaling * down.T @ up.T
 
 
@@ -104,8 +109,8 @@ class LowRankDelta(nn.Module):
 
     @torch.no_grad()
     def matrix(self) -> torch.Tensor:
-        """The (out, n) weight update s * B A, in fp32."""
-        return self.scaling * self.up.weight.float() @ self.down.weight.float()
+        """The (out, n) weight update s * B A, in fp32 or wider."""
+        return self.scaling * widened(self.up.weight) @ widened(self.down.weight)
 
 
 class RemProjection(nn.Module):
@@ -137,9 +142,9 @@ class RemProjection(nn.Module):
         linear = _require(self.proj, nn.Linear)
         weight = linear.weight  # (out, n)
         if self.placement == "input":
-            linear.weight.copy_((weight.float() @ self.rem.matrix().T).to(weight.dtype))
+            linear.weight.copy_((widened(weight) @ self.rem.matrix().T).to(weight.dtype))
         else:
-            linear.weight.copy_((weight.float() + self.rem.matrix()).to(weight.dtype))
+            linear.weight.copy_((widened(weight) + self.rem.matrix()).to(weight.dtype))
         return linear
 
 
@@ -183,9 +188,9 @@ class RemFusedQKV(nn.Module):
         weight = conv.weight  # (n, 3n)
         for block, rem in ((slice(n, 2 * n), self.rem_k), (slice(2 * n, 3 * n), self.rem_v)):
             if self.placement == "input":  # y = x' W = x M W
-                weight[:, block] = (rem.matrix() @ weight[:, block].float()).to(weight.dtype)
+                weight[:, block] = (rem.matrix() @ widened(weight[:, block])).to(weight.dtype)
             else:  # y = x W + s x A^T B^T
-                weight[:, block] = (weight[:, block].float() + rem.matrix().T).to(weight.dtype)
+                weight[:, block] = (widened(weight[:, block]) + rem.matrix().T).to(weight.dtype)
         return conv
 
 
@@ -276,6 +281,11 @@ def _rems(wrapper: nn.Module) -> list[nn.Module]:
 
 def rem_wrappers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, REM_WRAPPERS)]
+
+
+def rem_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable REM weights of every wrapper (the ST pathway's own weights)."""
+    return [p for w in rem_wrappers(model) for rem in _rems(w) for p in rem.parameters() if p.requires_grad]
 
 
 @contextlib.contextmanager

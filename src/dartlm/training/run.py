@@ -261,11 +261,12 @@ PROBE_QUESTIONS = (
 
 
 def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
-               tolerance: float = 1e-4, log=print) -> float:
-    """Merge a trained run into a plain HF folder (checked in fp32, saved in the run's dtype)."""
+               tolerance: float | None = None, log=print) -> float:
+    """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype)."""
     from dartlm.generate import left_padded, prompt_ids
-    from dartlm.model.export import export_model
+    from dartlm.model.export import DEFAULT_TOLERANCE, export_model
 
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
     save_dtype = DTYPES[load_run_config(run_dir).model.dtype]
