@@ -63,6 +63,13 @@ class MethodConfig:
     # Where the hidden states are matched: z_n (the paper), y_1 (first answer token) or z_n_and_answer ([z_N; Y]);
     # the last two are Table 3's ablations.
     distill_at: str = "z_n"
+    # Guards against distillation collapse (DART, CODI; methods/distill_guards.py); the defaults are the paper's.
+    # distill_grad: "all" (L_distill trains every trainable weight) or "student" (only the weights that exist on the
+    # student side alone: REM, CODI's projection). distill_start / distill_ramp: lambda is 0 for that fraction of
+    # the training steps, then rises linearly to distill_weight over the next distill_ramp.
+    distill_grad: str = "all"
+    distill_start: float = 0.0
+    distill_ramp: float = 0.0
     # iCoT (Deng et al. 2024): CoT tokens removed from the left, this many more per epoch; a random extra offset o
     # with P(o) ~ exp(-smoothing * o) per example (0: none); the whole CoT goes once the schedule reaches
     # remove_all_after tokens (-1: only when the CoT runs out).
@@ -134,6 +141,14 @@ class Config:
             raise ConfigError(f"{where}: method.distill_at must be one of {', '.join(DISTILL_POSITIONS)}, "
                               f"got {self.method.distill_at!r}")
         m = self.method
+        if m.distill_grad not in ("all", "student"):
+            raise ConfigError(f"{where}: method.distill_grad must be all or student, got {m.distill_grad!r}")
+        if not (0 <= m.distill_start <= 1 and 0 <= m.distill_ramp <= 1):
+            raise ConfigError(f"{where}: method.distill_start and method.distill_ramp are fractions of training in "
+                              f"[0, 1], got {m.distill_start} and {m.distill_ramp}")
+        if m.distill_grad == "student" and m.name == "dart" and not self.rem.enabled:
+            raise ConfigError(f"{where}: method.distill_grad=student routes L_distill into REM, but rem.enabled is "
+                              "false")
         if m.icot_tokens_per_epoch <= 0 or m.icot_smoothing < 0 or m.coconut_epochs_per_stage <= 0:
             raise ConfigError(f"{where}: method.icot_tokens_per_epoch and method.coconut_epochs_per_stage must be > 0 "
                               "and method.icot_smoothing >= 0")

@@ -35,6 +35,7 @@ class Method:
         self.format = PromptFormat(separator=config.separator)
         self.epoch = 0.0  # training progress in epochs (curriculum methods)
         self.step = 0
+        self.total_steps = 0  # of the whole run (0: unknown, outside training)
 
     @property
     def num_thoughts(self) -> int:
@@ -48,8 +49,17 @@ class Method:
     def extend_model(self, model: nn.Module) -> None:
         """Add modules of the method's own (CODI's projection) to the prepared model; most methods add none."""
 
-    def set_progress(self, epoch: float, step: int) -> None:
-        self.epoch, self.step = epoch, step
+    def set_progress(self, epoch: float, step: int, total_steps: int = 0) -> None:
+        self.epoch, self.step, self.total_steps = epoch, step, total_steps
+
+    @property
+    def progress(self) -> float:
+        """The fraction of the training steps done (1.0 outside training, where schedules are at their end)."""
+        return self.step / self.total_steps if self.total_steps else 1.0
+
+    def student_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Trainable weights that only the student pathway uses (where `distill_grad: student` routes L_distill)."""
+        return []
 
     def schedule_key(self, epoch: float):
         """The curriculum's stage at `epoch` (None: no curriculum)."""

@@ -16,7 +16,7 @@ from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_
                            teacher_spread)
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
-from dartlm.methods.dart import DartLoss
+from dartlm.methods.dart import DartLoss, DartLossSettings
 
 PROJECTION_ATTRIBUTE = "latent_projection"
 
@@ -28,6 +28,14 @@ def hidden_size(model) -> int:
 class CodiMethod(LatentMethod):
     name = "codi"
     projection = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.settings = DartLossSettings.from_config(config)
+
+    def student_parameters(self, model):
+        """The thought projection: the only weights that the teacher (plain CoT) never runs."""
+        return [p for p in getattr(model, PROJECTION_ATTRIBUTE).parameters() if p.requires_grad]
 
     def extend_model(self, model):
         projection = thought_projection(hidden_size(model)).to(next(model.parameters()).device)
@@ -60,8 +68,10 @@ class CodiMethod(LatentMethod):
         loss_student = answer_loss(student.logits, suffix["input_ids"], suffix["roles"])
         h_student = gather_masked(student.hidden_states, distill_positions(suffix["roles"], suffix["anchor"], "z_n"))
         loss_distill = distill_loss(h_teacher, h_student, detach_teacher=True)
-        total = loss_teacher + loss_student + self.config.distill_weight * loss_distill
+        distill_term = self.settings.distill_term(loss_distill, self.progress, self.student_parameters(model))
+        total = loss_teacher + loss_student + distill_term
         terms = DartLoss(total, loss_teacher.detach(), loss_student.detach(), loss_distill.detach(),
-                         teacher_spread(h_teacher))
+                         teacher_spread(h_teacher), self.settings.weight_at(self.progress) if self.settings.scheduled
+                         else None)
         return total, terms.logs()
 

@@ -13,7 +13,8 @@ from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_
                            teacher_spread)
 from dartlm.methods.base import Method, thoughts
 from dartlm.model.adapters import ST_TOKEN
-from dartlm.model.rem import rem_disabled
+from dartlm.methods.distill_guards import distill_weight_at, routed
+from dartlm.model.rem import rem_disabled, rem_parameters
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,29 @@ class DartLossSettings:
     distill_weight: float = 20.0  # lambda
     detach_teacher: bool = True  # CODI detaches its teacher; the paper does not say
     distill_at: str = "z_n"  # z_n | y_1 | z_n_and_answer (losses.distill_positions)
+    distill_grad: str = "all"  # all | student (methods.distill_guards)
+    distill_start: float = 0.0  # lambda's schedule, in fractions of training (methods.distill_guards)
+    distill_ramp: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> "DartLossSettings":
+        return cls(config.distill_weight, config.detach_teacher, config.distill_at, config.distill_grad,
+                   config.distill_start, config.distill_ramp)
+
+    @property
+    def scheduled(self) -> bool:
+        return self.distill_start > 0 or self.distill_ramp > 0
+
+    def weight_at(self, progress: float) -> float:
+        return distill_weight_at(self.distill_weight, progress, self.distill_start, self.distill_ramp)
+
+    def distill_term(self, loss_distill: torch.Tensor, progress: float, student_params) -> torch.Tensor:
+        """lambda(progress) * L_distill, its gradient routed into the student-only weights when asked."""
+        weight = self.weight_at(progress)
+        term = weight * loss_distill
+        if self.distill_grad == "student" and weight:
+            term = routed(term, student_params)
+        return term
 
 
 @dataclass
@@ -32,11 +56,14 @@ class DartLoss:
     st: torch.Tensor
     distill: torch.Tensor
     spread: float | None = None  # losses.teacher_spread at the distilled positions
+    weight: float | None = None  # lambda at this step, logged when it follows a schedule
 
     def logs(self) -> dict[str, float]:
         logs = {"loss_cot": self.cot.item(), "loss_st": self.st.item(), "loss_distill": self.distill.item()}
         if self.spread is not None:
             logs["teacher_spread"] = self.spread
+        if self.weight is not None:
+            logs["distill_weight"] = self.weight
         return logs
 
 
@@ -46,10 +73,11 @@ def run_pathway(model: nn.Module, batch: dict[str, torch.Tensor]):
 
 
 def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], settings: DartLossSettings,
-              backward: Callable[[torch.Tensor], None] | None = None) -> DartLoss:
+              backward: Callable[[torch.Tensor], None] | None = None, *, progress: float = 1.0) -> DartLoss:
     """Both pathways through the same model: the CoT pathway without REM (teacher), the ST pathway with it.
 
-    batch: {"cot": pathway tensors, "st": pathway tensors} as made by DartCollator.
+    batch: {"cot": pathway tensors, "st": pathway tensors} as made by DartCollator. progress: the fraction of
+    training done, for lambda's schedule.
     backward: when given and the teacher is detached, L_CoT is back-propagated as soon as it is known, so the
     teacher's graph is freed before the student runs and peak memory holds one pathway's activations, not two.
     The gradients are the same; `total` then carries L_CoT only as a value (for logging), not in its graph.
@@ -71,9 +99,11 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     del student
 
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
-    student_loss = loss_st + settings.distill_weight * loss_distill
+    student_params = rem_parameters(model) if settings.distill_grad == "student" else ()
+    student_loss = loss_st + settings.distill_term(loss_distill, progress, student_params)
     total = student_loss + (loss_cot.detach() if early else loss_cot)
-    return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach(), teacher_spread(h_teacher))
+    return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach(), teacher_spread(h_teacher),
+                    settings.weight_at(progress) if settings.scheduled else None)
 
 
 class DartMethod(Method):
@@ -85,7 +115,7 @@ class DartMethod(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.settings = DartLossSettings(config.distill_weight, config.detach_teacher, config.distill_at)
+        self.settings = DartLossSettings.from_config(config)
 
     def layout(self, segments, thought_id):
         return DartFeatures(
@@ -99,6 +129,9 @@ class DartMethod(Method):
     def collate(self, features, pad_token_id):
         return DartCollator(pad_token_id)(features)
 
+    def student_parameters(self, model):
+        return rem_parameters(model)
+
     def loss(self, model, batch, backward=None):
-        out = dart_loss(model, batch, self.settings, backward)
+        out = dart_loss(model, batch, self.settings, backward, progress=self.progress)
         return out.total, out.logs()

@@ -71,12 +71,12 @@ class MethodTrainer(Trainer):
         batches = math.ceil(len(self.train_dataset) / (self.args.per_device_train_batch_size * self.args.world_size))
         return step / max(1, batches // self.args.gradient_accumulation_steps)
 
-    def advance_curriculum(self) -> None:
-        """Tell a curriculum method where training is; reset the optimizer's moments when its stage changes."""
+    def advance(self) -> None:
+        """Tell the method where training is; for a curriculum, reset the optimizer's moments when its stage changes."""
         step = self.state.global_step
         epoch = self.epochs_done(step)
-        self.method.set_progress(epoch, step)
-        if step > 0 and self._reset_step != step and \
+        self.method.set_progress(epoch, step, self.state.max_steps)
+        if self.method.curriculum and step > 0 and self._reset_step != step and \
                 self.method.schedule_key(epoch) != self.method.schedule_key(self.epochs_done(step - 1)):
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate wraps it
             optimizer.state.clear()
@@ -84,8 +84,8 @@ class MethodTrainer(Trainer):
             self.optimizer_resets += 1
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.method.curriculum and model.training:
-            self.advance_curriculum()
+        if model.training:
+            self.advance()
         loss, terms = self.method.loss(model, inputs, backward=self._early_backward)
         if not torch.isfinite(loss):
             bad = [k for k, v in terms.items() if not math.isfinite(v)] or ["loss"]
