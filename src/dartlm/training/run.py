@@ -261,7 +261,7 @@ PROBE_QUESTIONS = (
 
 
 def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
-               tolerance: float | None = None, log=print) -> float:
+               tolerance: float | None = None, log=print):
     """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype)."""
     from dartlm.generate import left_padded, prompt_ids
     from dartlm.model.export import DEFAULT_TOLERANCE, export_model
@@ -276,7 +276,7 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     projection = getattr(run.model, "latent_projection", None)  # CODI's: saved on its own, not in the plain model
     if projection is not None:
         del run.model.latent_projection
-    difference = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
+    check = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
                               log=log)
     if spec.projection:
         from safetensors.torch import save_file
@@ -285,4 +285,4 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
 
         state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in projection.state_dict().items()}
         save_file(state, str(out_dir / PROJECTION_FILE))
-    return difference
+    return check
