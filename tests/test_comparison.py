@@ -47,3 +47,25 @@ def test_sweep_in_two_worker_processes(tmp_path):
     assert list(summary["variants"]) == ["dart-c0", "dart-c2"]
     assert summary["variants"]["dart-c2"]["overrides"] == {"method.num_thought_tokens": 2}
     assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_compare_in_the_pretrained_base_regime_on_the_validation_split(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quick", "--variants", "nocot,dart-student", "--seeds", "0", "--train-steps", "3",
+                 "--base-steps", "2", "--lora-targets", "all", "--eval-split", "val", "--latency-items", "2",
+                 "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["split"] == "val" and summary["settings"]["base_steps"] == 2
+    assert (out / "seed-0" / "results" / "dart-student-val.json").is_file()
+    assert not (out / "seed-0" / "results" / "dart-student.json").exists()  # test-split results stay apart
+    terms = summary["variants"]["dart-student"]["final_terms_per_seed"][0]
+    assert {"loss_cot", "loss_st", "loss_distill", "teacher_spread"} <= set(terms)
+    assert "validation problems" in (out / "comparison.md").read_text()
+    config = yaml.safe_load((out / "seed-0" / "runs" / "dart-student" / "config.yaml").read_text())
+    # The shared base, frozen, with LoRA on attention and MLP, and the guard option of the variant.
+    assert config["model"]["name_or_path"].startswith(str(tmp_path / "cache" / "models" / "arith-base-"))
+    assert config["lora"]["enabled"] and "down_proj" in config["lora"]["target_modules"]
+    assert config["method"]["distill_grad"] == "student"

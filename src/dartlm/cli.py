@@ -123,8 +123,27 @@ def _demo(args) -> int:
                                  ("distill_weight", args.distill_weight)) if v is not None}
     if args.methods:
         changes["methods"] = tuple(args.methods.split(","))
-    settings = dataclasses.replace(settings, **changes)
+    settings = dataclasses.replace(regime_settings(settings, args), **changes)
     run_demo(settings, Path(args.output_dir), eval_split=args.eval_split)
+    return 0
+
+
+def regime_settings(settings, args):
+    """The demo settings with the regime options of the command line (base, LoRA targets, depth, lr) applied."""
+    import dataclasses
+
+    changes = {k: v for k, v in (("base_steps", args.base_steps), ("lora_targets", args.lora_targets),
+                                 ("layers", args.layers), ("lr", args.lr), ("batch_size", args.batch_size),
+                                 ("base_model", getattr(args, "base_model", None))) if v is not None}
+    return dataclasses.replace(settings, **changes)
+
+
+def _base(args) -> int:
+    from dartlm.demo import DemoSettings, base_spec
+    from dartlm.model.base_lm import ensure_base
+
+    settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
+    print(f"base model: {ensure_base(base_spec(settings), rebuild=args.rebuild)}")
     return 0
 
 
@@ -133,7 +152,7 @@ def _comparison_settings(args):
 
     from dartlm.demo import DemoSettings
 
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
     changes = {k: v for k, v in (("train_steps", args.train_steps), ("distill_weight", args.distill_weight))
                if v is not None}
     return dataclasses.replace(settings, **changes)
@@ -145,7 +164,7 @@ def _compare(args) -> int:
     variants = resolve_variants(args.variants.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     run_comparison(variants, _comparison_settings(args), seeds, Path(args.output_dir), workers=args.workers,
-                   latency_items=args.latency_items)
+                   latency_items=args.latency_items, split=args.eval_split)
     print(f"results: {Path(args.output_dir) / 'comparison.json'}, .md and .png")
     return 0
 
@@ -157,7 +176,7 @@ def _sweep(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.output_dir)
     summary = run_comparison(sweep_variants(values), _comparison_settings(args), seeds, out, workers=args.workers,
-                             latency_items=args.latency_items)
+                             latency_items=args.latency_items, split=args.eval_split)
     plot_sweep(summary, out / "sweep.png")
     print(f"results: {out / 'comparison.json'}, .md, and {out / 'sweep.png'}")
     return 0
@@ -197,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir")
     export.add_argument("--checkpoint", help="a checkpoint folder of the run instead of its final weights")
     export.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
-    export.add_argument("--tolerance", type=float, default=1e-4, help="max |logit difference| allowed (fp32)")
+    export.add_argument("--tolerance", type=float, default=None,
+                        help="max |logit difference| allowed (float64, relative to max |logit|), as a multiple "
+                             "of the difference fp32 rounding alone makes (default 1)")
     export.set_defaults(run=_export)
 
     generate = commands.add_parser("generate", help="answer questions with an exported model")
@@ -242,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", help="result JSON (a .md table is written beside it)")
     bench.set_defaults(run=_bench)
 
+    def regime_options(sub):
+        sub.add_argument("--base-steps", type=int,
+                         help="fine-tune with LoRA a base pretrained this many steps on general arithmetic text "
+                              "(cached; the paper's regime); 0: train from scratch")
+        sub.add_argument("--lora-targets", choices=["attention", "all"], help="with a base: LoRA on attention only "
+                         "(the paper) or also on the MLP")
+        sub.add_argument("--layers", type=int, help="decoder layers of the model (and of its base)")
+        sub.add_argument("--lr", type=float, help="learning rate of every method")
+        sub.add_argument("--batch-size", type=int, help="training examples per step of every method")
+
     demo = commands.add_parser("demo", help="DART against No-CoT, CoT and PauseFT on a synthetic task, on a CPU")
     demo.add_argument("--quick", action="store_true", help="a one-minute smoke run")
     demo.add_argument("--output-dir", default="demo")
@@ -255,9 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train a shared base first for N steps, then fine-tune it with LoRA per method")
     demo.add_argument("--methods", help="comma-separated subset of nocot,cot,pause,dart")
     demo.add_argument("--distill-weight", type=float, help="DART's lambda (default 20, the paper's)")
+    regime_options(demo)
     demo.set_defaults(run=_demo)
 
+    base = commands.add_parser("base", help="build (once, cached) the small base model pretrained on general "
+                                            "arithmetic text that the demo fine-tunes")
+    regime_options(base)
+    base.add_argument("--quick", action="store_true", help="the base of `dartlm demo --quick`")
+    base.add_argument("--rebuild", action="store_true", help="train it again even if it is cached")
+    base.set_defaults(run=_base)
+
     def comparison_options(sub):
+        sub.add_argument("--base-model", help="fine-tune this pretrained model (hub name, folder or alias such as "
+                                              "smollm2-135m) with LoRA instead")
         sub.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (task data and model init)")
         sub.add_argument("--train-steps", type=int, help="steps per run (default: the demo's)")
         sub.add_argument("--distill-weight", type=float, help="DART's lambda (default: the demo's)")
@@ -265,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="runs trained in parallel, one thread each (latency is timed afterwards, alone)")
         sub.add_argument("--latency-items", type=int, default=100, help="test questions timed at batch size 1")
         sub.add_argument("--quick", action="store_true", help="the demo's one-minute settings (a smoke run)")
+        sub.add_argument("--eval-split", default="test", choices=["test", "val"], help="choose on val, report on test")
+        regime_options(sub)
 
     compare = commands.add_parser("compare", help="methods and DART ablations on the demo's synthetic task, "
                                                   "over seeds: one table and one plot")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from dartlm.demo import DemoSettings, method_config, prepare_data
+from dartlm.demo import DemoSettings, method_config, prepare_data, shared_base
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,22 @@ VARIANTS = {v.label: v for v in (
     Variant("dart-distill-y1", "dart", {"method.distill_at": "y_1"}, paper="Table 3: L_distill on y_1"),
     Variant("dart-distill-zn-answer", "dart", {"method.distill_at": "z_n_and_answer"},
             paper="Table 3: L_distill on [z_N; Y]"),
+    # Ours, not the paper's: the guards against distillation collapse (methods/distill_guards.py).
+    Variant("dart-student", "dart", {"method.distill_grad": "student"}, paper="ours: L_distill into REM only"),
+    Variant("dart-delayed", "dart", {"method.distill_start": 0.25, "method.distill_ramp": 0.25},
+            paper="ours: lambda off for 25%, ramped over 25%"),
+    Variant("dart-student-delayed", "dart", {"method.distill_grad": "student", "method.distill_start": 0.25,
+                                             "method.distill_ramp": 0.25}, paper="ours: both guards"),
+    Variant("codi-student", "codi", {"method.num_thought_tokens": 6, "method.distill_grad": "student"},
+            paper="ours: CODI, L_distill into the projection only"),
 )}
 GROUPS = {
     "table1": ["nocot", "cot", "pause", "dart", "icot", "coconut", "codi"],
     "table3": ["dart", "dart-no-st", "dart-no-rem", "dart-lora-rem", "dart-no-distill", "dart-distill-y1",
                "dart-distill-zn-answer"],
     "demo": ["nocot", "cot", "pause", "dart"],
+    "guards": ["dart", "dart-no-distill", "dart-student", "dart-delayed", "dart-student-delayed"],
+    "regime": ["nocot", "cot", "pause", "dart", "dart-no-distill", "codi"],
 }
 
 
@@ -86,7 +96,8 @@ def run_job(job: dict) -> dict:
     variant = Variant(**job["variant"])
     root = Path(job["seed_dir"])
     run_dir, model_dir = root / "runs" / variant.label, root / "models" / variant.label
-    config = method_config(settings, variant.method, root / "data", run_dir, None, settings.train_steps)
+    config = method_config(settings, variant.method, root / "data", run_dir, shared_base(settings),
+                           settings.train_steps)
     for key, value in variant.overrides.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
@@ -96,22 +107,42 @@ def run_job(job: dict) -> dict:
     train(config, run_dir, overwrite=True)
     train_s = time.perf_counter() - started
     export_run(run_dir, model_dir, force=True, log=lambda *_: None)
-    scored = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(root / "data" / "test.txt"),
+    split = job["split"]
+    scored = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(root / "data" / f"{split}.txt"),
                                               batch_size=32, latency_items=0),
-                      root / "scores" / f"{variant.label}.json", progress=False)
-    result = {"label": variant.label, "seed": settings.seed, "accuracy": scored["accuracy"]["strict"],
-              "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"]}
+                      root / "scores" / f"{variant.label}-{split}.json", progress=False)
+    result = {"label": variant.label, "seed": settings.seed, "split": split, "accuracy": scored["accuracy"]["strict"],
+              "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"],
+              "final_terms": final_terms(run_dir)}
     path = Path(job["result_path"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
 
+def job_path(out_dir: Path, seed: int, variant: Variant, split: str) -> Path:
+    """Where one (seed, variant) run's result is written; results on the test split keep their old names."""
+    return out_dir / f"seed-{seed}" / "results" / f"{variant.label}{'' if split == 'test' else '-' + split}.json"
+
+
+def final_terms(run_dir: Path) -> dict[str, float]:
+    """The last logged value of each loss term of a run (loss, and DART's/CODI's terms with teacher_spread)."""
+    last: dict[str, float] = {}
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            last.update({k: v for k, v in record.items() if k == "loss" or k.startswith(("loss_", "teacher_"))})
+    return last
+
+
 def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[int], out_dir: Path, *,
-                   workers: int = 1, latency_items: int = 100, log=print) -> dict:
-    """Train and score every (seed, variant), then time every variant side by side; writes comparison.{json,md,png}."""
+                   workers: int = 1, latency_items: int = 100, split: str = "test", log=print) -> dict:
+    """Train and score every (seed, variant) on `split` (val to choose, test to report), then time every variant
+    side by side; writes comparison.{json,md,png}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    shared_base(settings, log)  # built once here, before the workers start, so that they never race for it
     jobs = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
@@ -119,21 +150,22 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
         if not (seed_dir / "data" / "test.txt").is_file():
             prepare_data(current, seed_dir / "data")
         for variant in variants:
-            result_path = seed_dir / "results" / f"{variant.label}.json"
+            result_path = job_path(out_dir, seed, variant, split)
             if result_path.is_file():
                 continue  # done in an earlier, interrupted run
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
-                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2})
+                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2, "split": split})
     log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext()
     with pool:
         for result in (pool.map if workers > 1 else map)(run_job, jobs):
             log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
                 f"(trained in {result['train_s']:.0f} s)")
-    results = {v.label: [json.loads((out_dir / f"seed-{s}" / "results" / f"{v.label}.json").read_text())
-                         for s in seeds] for v in variants}
+    results = {v.label: [json.loads(Path(job_path(out_dir, s, v, split)).read_text()) for s in seeds]
+               for v in variants}
     latency = measure_latency(variants, out_dir / f"seed-{seeds[0]}", latency_items, log=log)
     summary = summarize_comparison(variants, results, latency, settings, seeds)
+    summary["split"] = split
     summary["wall_time_s"] = time.perf_counter() - started
     summary["workers"] = workers
     (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -187,15 +219,20 @@ def summarize_comparison(variants, results, latency, settings, seeds) -> dict:
             "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "accuracy_per_seed": accs,
             "train_s_mean": statistics.fmean(r["train_s"] for r in results[v.label]),
+            "final_terms_per_seed": [r.get("final_terms", {}) for r in results[v.label]],
             **latency["variants"][v.label],
         }
     return {"settings": asdict(settings), "seeds": seeds, "test_items": results[variants[0].label][0]["n"],
             "latency_items": latency["n"], "machine": latency["machine"], "variants": rows}
 
 
+TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill"), ("teacher_spread", "teacher_spread"))
+
+
 def comparison_table(summary: dict) -> str:
+    split = {"test": "test", "val": "validation"}[summary.get("split", "test")]
     lines = [
-        f"Synthetic task, {summary['test_items']} test problems, seeds {', '.join(map(str, summary['seeds']))}; "
+        f"Synthetic task, {summary['test_items']} {split} problems, seeds {', '.join(map(str, summary['seeds']))}; "
         f"latency: median of {summary['latency_items']} questions at batch size 1, interleaved (seed "
         f"{summary['seeds'][0]}'s models).",
         "",
@@ -206,6 +243,15 @@ def comparison_table(summary: dict) -> str:
         seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
         lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
                      f"{row['latency_ms']['median']:.1f} | {row['forward_passes']:.1f} | {row['new_tokens']:.1f} |")
+    lines += ["", "Loss terms logged last in training (mean over seeds; – where the method has none):", "",
+              "| variant | loss | " + " | ".join(name for _, name in TERMS) + " |", "|---|---|" + "---|" * len(TERMS)]
+    for label, row in summary["variants"].items():
+        runs = row.get("final_terms_per_seed") or [{}]
+        cells = []
+        for key in ("loss",) + tuple(k for k, _ in TERMS):
+            values = [r[key] for r in runs if key in r]
+            cells.append(f"{statistics.fmean(values):.4g}" if values else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -21,10 +21,13 @@ from dartlm.data.synthetic import SyntheticTask, generate_problem, generate_spli
 from dartlm.eval.evaluate import EvalSettings, evaluate
 from dartlm.eval.report import markdown_table, plot_accuracy_vs_latency
 from dartlm.generate import generate, load_exported
+from dartlm.model.adapters import LLAMA_STYLE_TARGETS
 from dartlm.model.tiny import train_tokenizer
 from dartlm.training.run import export_run, train
 
 METHODS = ("nocot", "cot", "pause", "dart")
+# LoRA targets of the demo's Llama-style model: the paper's (attention), or every linear layer of the blocks.
+LORA_TARGETS = {"attention": LLAMA_STYLE_TARGETS, "all": LLAMA_STYLE_TARGETS + ("gate_proj", "up_proj", "down_proj")}
 
 
 @dataclass
@@ -45,6 +48,14 @@ class DemoSettings:
     # 0: every method trains the model from scratch (full training). > 0: first a shared base model is trained from
     # scratch on the problems' text for this many steps, then every method fine-tunes it with LoRA, as in the paper.
     pretrain_steps: int = 0
+    # > 0: the paper's regime. A base model of the shape above is pretrained (once, cached: model/base_lm.py) for
+    # this many steps on general arithmetic text that is not the task; every method fine-tunes it with LoRA, the
+    # base frozen. The base is the same for every seed, as one pretrained LLM is in the paper.
+    base_steps: int = 0
+    # A pretrained model (hub name, folder or alias such as smollm2-135m) that every method fine-tunes with LoRA
+    # instead; the shape fields above then do not apply.
+    base_model: str = ""
+    lora_targets: str = "attention"  # attention (the paper) | all (attention and MLP projections)
     # The same budget for every method.
     train_steps: int = 500
     lora_rank: int = 32
@@ -55,6 +66,10 @@ class DemoSettings:
     rem_rank: int = 32
     rem_alpha: float = 8.0  # alpha / d = 0.25, the paper's ratio (32 / 128)
     distill_weight: float = 20.0
+    # Guards against distillation collapse (methods/distill_guards.py); the defaults are the paper's.
+    distill_grad: str = "all"
+    distill_start: float = 0.0
+    distill_ramp: float = 0.0
     seed: int = 0
     methods: tuple[str, ...] = METHODS
 
@@ -85,16 +100,43 @@ def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: 
     else:
         config.model.name_or_path = str(base_dir)
         config.lora.rank, config.lora.alpha = settings.lora_rank, settings.lora_alpha
+        config.lora.target_modules = list(LORA_TARGETS[settings.lora_targets])
     config.rem.rank, config.rem.alpha = settings.rem_rank, settings.rem_alpha
     config.method.name = method
     config.method.num_thought_tokens = settings.num_thought_tokens
     config.method.distill_weight = settings.distill_weight
+    config.method.distill_grad = settings.distill_grad
+    config.method.distill_start, config.method.distill_ramp = settings.distill_start, settings.distill_ramp
     config.data.train_path = str(data_dir / "train.txt")
     config.data.max_length = 512
     t = config.training
     t.output_dir, t.max_steps, t.batch_size, t.lr = str(run_dir), steps, settings.batch_size, settings.lr
-    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, steps, 50
+    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, steps, max(1, min(50, steps))
     return config.validate("demo")
+
+
+def base_spec(settings: DemoSettings):
+    """The general arithmetic base of these settings (model/base_lm.py); the same for every seed."""
+    from dartlm.model.base_lm import BaseModelSpec
+
+    # About 1.4 passes over the corpus at 200k lines for 3,000 steps; short runs (smoke tests) get a smaller one.
+    lines = min(200_000, max(2_000, 3 * settings.base_steps * settings.batch_size))
+    return BaseModelSpec(layers=settings.layers, hidden=settings.hidden, heads=settings.heads,
+                         vocab_size=settings.vocab_size, lines=lines, steps=settings.base_steps,
+                         batch_size=settings.batch_size)
+
+
+def shared_base(settings: DemoSettings, log=print) -> Path | None:
+    """The cached general arithmetic base (built first if missing), or None when the settings use none."""
+    from dartlm.model.base_lm import ensure_base
+    from dartlm.model.loading import resolve_model_source
+
+    if sum(map(bool, (settings.base_steps, settings.pretrain_steps, settings.base_model))) > 1:
+        raise ValueError("base_steps (a general arithmetic base), base_model (a pretrained model) and pretrain_steps "
+                         "(a base trained on the task's text) exclude each other")
+    if settings.base_model:
+        return Path(resolve_model_source(settings.base_model))  # an alias is converted once, here
+    return ensure_base(base_spec(settings), log=log) if settings.base_steps else None
 
 
 def pretrain_base(settings: DemoSettings, data_dir: Path, out_dir: Path, log) -> Path:
@@ -144,7 +186,9 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
     log(f"task: {settings.task_steps}-step problems, operands 1..{settings.max_value}, ops {settings.operations}; "
         f"{len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test")
     clock = time.perf_counter()
-    base_dir = pretrain_base(settings, data_dir, out_dir, log) if settings.pretrain_steps else None
+    base_dir = shared_base(settings, log)
+    if settings.pretrain_steps:
+        base_dir = pretrain_base(settings, data_dir, out_dir, log)
     timings = {"base": {"train_s": time.perf_counter() - clock}}
     results = []
     for method in settings.methods:

@@ -1,0 +1,131 @@
+"""A small pretrained base model for CPU experiments in the paper's regime (a pretrained base, frozen, plus LoRA).
+
+`build_base` trains a tokenizer and a Llama-style model from scratch on general arithmetic text
+(`dartlm.data.arithmetic_text`, not the evaluation task) with the plain causal-LM loss, and writes a Hugging Face
+folder under the cache (`$DARTLM_CACHE/models/arith-base-...`, like the SmolLM2 conversion). The folder name holds
+a hash of every setting, so a changed setting builds a new base and an unchanged one is reused; `dartlm base
+--rebuild` builds it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from dartlm.data.arithmetic_text import ArithmeticText, corpus
+from dartlm.model.offline import cache_dir, publish
+
+logger = logging.getLogger(__name__)
+
+BASE_FILE = "dartlm_base.json"  # written last: a folder without it is not a finished build
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """Architecture, corpus and pretraining budget of the base model."""
+
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    vocab_size: int = 1024
+    text: ArithmeticText = field(default_factory=ArithmeticText)
+    lines: int = 200_000  # corpus size (each line is used about steps * batch * seq_len / tokens times)
+    steps: int = 2000
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+    def folder(self) -> Path:
+        return cache_dir() / "models" / f"arith-base-{self.layers}x{self.hidden}-{self.key()}"
+
+
+class PackedText(Dataset):
+    """The corpus as one token stream (every line ends with eos), cut into blocks of seq_len tokens."""
+
+    def __init__(self, lines: list[str], tokenizer, seq_len: int):
+        stream: list[int] = []
+        for ids in tokenizer(lines, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids + [tokenizer.eos_token_id])
+        blocks = len(stream) // seq_len
+        self.blocks = torch.tensor(stream[: blocks * seq_len]).view(blocks, seq_len)  # (N, seq_len)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        block = self.blocks[index]
+        return {"input_ids": block, "labels": block}
+
+
+def is_built(folder: Path) -> bool:
+    return (folder / BASE_FILE).is_file()
+
+
+def ensure_base(spec: BaseModelSpec, *, rebuild: bool = False, log=print) -> Path:
+    """The cached base folder for spec, built first when missing (or when rebuild)."""
+    folder = spec.folder()
+    if is_built(folder) and not rebuild:
+        return folder
+    return build_base(spec, folder, log=log)
+
+
+def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
+    """Pretrain the base and publish it atomically at folder; returns folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
+
+    from dartlm.model.tiny import train_tokenizer
+
+    started = time.perf_counter()
+    log(f"building the base model ({spec.layers} layers, hidden {spec.hidden}; {spec.steps} steps of "
+        f"{spec.batch_size} x {spec.seq_len} tokens on general arithmetic text) into {folder}")
+    set_seed(spec.seed)
+    lines = corpus(spec.text, spec.lines)
+    tokenizer = train_tokenizer(lines[:20_000], vocab_size=spec.vocab_size)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=spec.hidden, intermediate_size=4 * spec.hidden,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    data = PackedText(lines, tokenizer, spec.seq_len)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        args = TrainingArguments(
+            output_dir=str(tmp / "trainer"), max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,
+            learning_rate=spec.lr, warmup_steps=0.03, lr_scheduler_type="cosine", weight_decay=0.0,
+            seed=spec.seed, logging_steps=max(1, spec.steps // 10), save_strategy="no", report_to="none",
+            use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        trainer.train()
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        note = {"spec": asdict(spec), "final_loss": losses[-1] if losses else None, "losses": losses,
+                "tokens_seen": spec.steps * spec.batch_size * spec.seq_len, "corpus_tokens": data.blocks.numel(),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "train_s": round(time.perf_counter() - started, 1)}
+        (tmp / BASE_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        publish(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"base model ready in {note['train_s']:.0f} s (final LM loss {note['final_loss']})")
+    return folder

@@ -1,0 +1,77 @@
+"""The general arithmetic corpus and the cached base model the demo fine-tunes in the paper's regime."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from dartlm.data.arithmetic_text import ArithmeticText, chain, corpus, line
+from dartlm.data.synthetic import SyntheticTask, generate_splits
+from dartlm.model.base_lm import BASE_FILE, BaseModelSpec, ensure_base
+
+
+def test_lines_are_deterministic_and_their_arithmetic_is_right():
+    spec = ArithmeticText(seed=3)
+    lines = corpus(spec, 400)
+    assert lines == corpus(spec, 400) and lines[100:] == corpus(spec, 300, start=100)
+    assert lines != corpus(ArithmeticText(seed=4), 400)
+    checked = 0
+    for text in lines:
+        if re.fullmatch(r"[\d +\-*]+ = \d+", text):  # a bare expression: its answer is the chain's value
+            expression, answer = text.split(" = ")
+            assert eval(expression) == int(answer), text  # only digits and + - * by construction
+            checked += 1
+            continue
+        for a, op, b, c in re.findall(r"(\d+) ?([+\-*]) ?(\d+) ?= ?(\d+)", text):  # worked steps, <<a+b=c>>
+            assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(c), text
+            checked += 1
+    assert checked > 400
+
+
+def test_chains_stay_in_range():
+    spec = ArithmeticText(max_operand=9, max_value=30, max_ops=5, operations="+-*")
+    rng = random.Random(0)
+    for _ in range(500):
+        start, steps = chain(spec, rng, 5)
+        assert 1 <= start <= 9
+        for op, a, b, c in steps:
+            assert 0 <= c <= 30 and 1 <= b <= 9
+
+
+def test_the_corpus_is_not_the_evaluation_task():
+    """No line of the pretraining text is a problem of the task, nor uses its templates or layout."""
+    task_questions = [e.question for e in generate_splits(SyntheticTask(), 300, 30, 30)["train"]]
+    task_openings = {q.split(".")[0].split()[1] for q in task_questions}  # "has", "starts", "owns", "keeps"
+    lines = corpus(ArithmeticText(), 2000)
+    assert not any("||" in t or "####" in t or "Answer:" in t for t in lines)
+    assert not any(f" {verb} " in t for t in lines for verb in task_openings)
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="operations"):
+        ArithmeticText(operations="+/")
+    with pytest.raises(ValueError, match="max_operand"):
+        ArithmeticText(max_operand=200, max_value=99)
+
+
+def test_base_is_built_once_cached_and_rebuilt_on_request(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+    spec = BaseModelSpec(layers=1, hidden=32, heads=2, vocab_size=300, lines=2000, steps=3, batch_size=4, seq_len=32)
+    messages = []
+    folder = ensure_base(spec, log=messages.append)
+    assert folder == spec.folder() and folder.parent == tmp_path / "cache" / "models"
+    note = json.loads((folder / BASE_FILE).read_text())
+    assert note["spec"]["steps"] == 3 and len(note["losses"]) == 3
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == 1 and len(AutoTokenizer.from_pretrained(folder)) <= 300
+    built = len(messages)
+    assert ensure_base(spec, log=messages.append) == folder and len(messages) == built  # cached: nothing trains
+    ensure_base(spec, rebuild=True, log=messages.append)
+    assert len(messages) > built
+    assert BaseModelSpec(steps=4).folder() != BaseModelSpec(steps=3).folder()  # another setting, another base
+    assert not list(folder.parent.glob(".*tmp*"))  # no half-built folder is left behind
