@@ -13,11 +13,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def test_quick_demo_trains_evaluates_exports_and_answers(tmp_path):
+    env = {**ENV, "DARTLM_CACHE": str(tmp_path / "cache")}  # the base model is built here, not in the user's cache
     result = subprocess.run([sys.executable, "-m", "dartlm.cli", "demo", "--quick", "--output-dir", "demo"],
-                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert set(summary["results"]) == {"nocot", "cot", "pause", "dart"}
+    # The paper's regime: every method fine-tunes the same cached base with LoRA.
+    assert summary["settings"]["base_steps"] > 0 and list((tmp_path / "cache" / "models").glob("arith-base-*"))
     for method, r in summary["results"].items():
         assert 0.0 <= r["accuracy"]["strict"] <= 1.0
         assert r["latency_ms"]["n"] == summary["settings"]["n_test"] and r["latency_ms"]["median"] > 0

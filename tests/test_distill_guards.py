@@ -139,3 +139,21 @@ def test_paper_configs_keep_the_paper_behaviour():
     for name in ("paper/llama-3.2-1b-dart", "paper/llama-3.2-1b-codi", "paper/gpt2-dart"):
         method = load_config(name).method
         assert (method.distill_grad, method.distill_start, method.distill_ramp) == ("all", 0.0, 0.0)
+
+
+@pytest.mark.parametrize("threshold, expected", [(10.0, True), (0.0, False)])
+def test_a_low_teacher_spread_is_flagged_in_the_log(train_file, tmp_path, caplog, threshold, expected):
+    """Any real spread is below 10 (it is about 1 at most), so 10 must flag every logged step; 0 never flags."""
+    from dartlm.training.run import train
+
+    config = load_config("tiny/dart", [f"data.train_path={train_file}", "training.max_steps=3",
+                                       "training.logging_steps=1", "training.save_steps=100",
+                                       f"method.collapse_warning_spread={threshold}"])
+    with caplog.at_level("WARNING", logger="dartlm.training.trainer"):
+        train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    spreads = [r for r in records if "teacher_spread" in r]
+    assert len(spreads) == 3
+    assert all(("collapse_suspected" in r) == expected for r in spreads)
+    warnings = [m for m in caplog.messages if "distillation collapse suspected" in m]
+    assert len(warnings) == (1 if expected else 0)  # warned once per run, flagged at every step

@@ -123,6 +123,8 @@ def _demo(args) -> int:
                                  ("distill_weight", args.distill_weight)) if v is not None}
     if args.methods:
         changes["methods"] = tuple(args.methods.split(","))
+    if args.pretrain_steps and args.base_steps is None:
+        changes["base_steps"] = 0  # a base trained on the task's text replaces the general arithmetic base
     settings = dataclasses.replace(regime_settings(settings, args), **changes)
     run_demo(settings, Path(args.output_dir), eval_split=args.eval_split)
     return 0

@@ -70,6 +70,9 @@ class MethodConfig:
     distill_grad: str = "all"
     distill_start: float = 0.0
     distill_ramp: float = 0.0
+    # A warning (training goes on) when the logged teacher_spread falls below this: the signature of collapse
+    # (collapsed runs end at 7e-4 to 8e-3, healthy ones at 0.03 to 0.2; benchmarks/README.md). 0: never.
+    collapse_warning_spread: float = 0.01
     # iCoT (Deng et al. 2024): CoT tokens removed from the left, this many more per epoch; a random extra offset o
     # with P(o) ~ exp(-smoothing * o) per example (0: none); the whole CoT goes once the schedule reaches
     # remove_all_after tokens (-1: only when the CoT runs out).
@@ -146,6 +149,8 @@ class Config:
         if not (0 <= m.distill_start <= 1 and 0 <= m.distill_ramp <= 1):
             raise ConfigError(f"{where}: method.distill_start and method.distill_ramp are fractions of training in "
                               f"[0, 1], got {m.distill_start} and {m.distill_ramp}")
+        if m.collapse_warning_spread < 0:
+            raise ConfigError(f"{where}: method.collapse_warning_spread must be >= 0, got {m.collapse_warning_spread}")
         if m.distill_grad == "student" and m.name == "dart" and not self.rem.enabled:
             raise ConfigError(f"{where}: method.distill_grad=student routes L_distill into REM, but rem.enabled is "
                               "false")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -12,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
 from dartlm.methods.base import Method
+
+log = logging.getLogger(__name__)
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 # Written into a checkpoint folder after every rank has finished writing it. A kill mid-save leaves a folder
@@ -57,6 +60,7 @@ class MethodTrainer(Trainer):
         self._terms: dict[str, list[float]] = defaultdict(list)
         self._reset_step = -1
         self.optimizer_resets = 0
+        self.collapse_warned = False
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Lets a method back-propagate part of its loss early, scaled exactly as the Trainer scales the rest.
@@ -102,7 +106,24 @@ class MethodTrainer(Trainer):
         if "loss" in logs and self._terms:
             logs.update({key: round(sum(v) / len(v), 6) for key, v in self._terms.items()})
             self._terms.clear()
+            self.watch_for_collapse(logs)
         super().log(logs, start_time)
+
+    def watch_for_collapse(self, logs: dict[str, float]) -> None:
+        """Warn when the teacher's states at the distilled positions stop differing between examples."""
+        threshold = self.method.config.collapse_warning_spread
+        spread = logs.get("teacher_spread")
+        if spread is None or not threshold or spread >= threshold:
+            return
+        logs["collapse_suspected"] = 1.0
+        if not self.collapse_warned:
+            self.collapse_warned = True
+            log.warning(
+                "step %d: teacher_spread %.2g is below %g: distillation collapse suspected (the distilled position "
+                "no longer depends on the question; loss_distill %s, loss_cot %s). Consider method.distill_grad="
+                "student, a lower method.distill_weight, a delayed lambda (method.distill_start) or a frozen "
+                "pretrained base with LoRA; see the README's 'When things go wrong'",
+                self.state.global_step, spread, threshold, logs.get("loss_distill"), logs.get("loss_cot"))
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
