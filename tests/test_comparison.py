@@ -69,3 +69,15 @@ def test_compare_in_the_pretrained_base_regime_on_the_validation_split(tmp_path,
     assert config["model"]["name_or_path"].startswith(str(tmp_path / "cache" / "models" / "arith-base-"))
     assert config["lora"]["enabled"] and "down_proj" in config["lora"]["target_modules"]
     assert config["method"]["distill_grad"] == "student"
+
+
+def test_answer_variety_by_hand(tmp_path):
+    from dartlm.comparison import answer_variety
+
+    scores = tmp_path / "scores.jsonl"
+    items = [("3", "3"), ("3", "4"), ("5", "4"), ("3", "4")]  # (prediction, target)
+    lines = [json.dumps({"type": "header"})] + [json.dumps({"type": "item", "strict_prediction": p, "target": t})
+                                                for p, t in items]
+    scores.write_text("\n".join(lines) + "\n")
+    assert answer_variety(scores) == {"distinct_answers": 2, "top_answer_share": 0.75, "frequency_baseline": 0.75}
+    assert answer_variety(tmp_path / "missing.jsonl") is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -164,7 +165,7 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
     results = {v.label: [json.loads(Path(job_path(out_dir, s, v, split)).read_text()) for s in seeds]
                for v in variants}
     latency = measure_latency(variants, out_dir / f"seed-{seeds[0]}", latency_items, log=log)
-    summary = summarize_comparison(variants, results, latency, settings, seeds)
+    summary = summarize_comparison(variants, results, latency, settings, seeds, out_dir, split)
     summary["split"] = split
     summary["wall_time_s"] = time.perf_counter() - started
     summary["workers"] = workers
@@ -209,10 +210,31 @@ def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warm
                 "new_tokens": statistics.fmean(tokens[label])} for label in labels}}
 
 
-def summarize_comparison(variants, results, latency, settings, seeds) -> dict:
+def answer_variety(scores: Path) -> dict | None:
+    """How many different answers a model gave on the scored split, and the share of its most common one.
+
+    A model that answers a few constants scores what those constants' frequency in the split gives (the split's
+    own `frequency_baseline`: the share of its most common reference answer); this tells the two apart.
+    """
+    if not scores.is_file():
+        return None
+    items = [json.loads(line) for line in scores.read_text(encoding="utf-8").splitlines()]
+    items = [i for i in items if i.get("type") == "item"]
+    if not items:
+        return None
+    predictions = Counter(str(i["strict_prediction"]) for i in items)
+    targets = Counter(str(i["target"]) for i in items)
+    return {"distinct_answers": len(predictions), "top_answer_share": predictions.most_common(1)[0][1] / len(items),
+            "frequency_baseline": targets.most_common(1)[0][1] / len(items)}
+
+
+def summarize_comparison(variants, results, latency, settings, seeds, out_dir: Path | None = None,
+                         split: str = "test") -> dict:
     rows = {}
     for v in variants:
         accs = [100 * r["accuracy"] for r in results[v.label]]
+        variety = [answer_variety(out_dir / f"seed-{s}" / "scores" / f"{v.label}-{split}.jsonl")
+                   for s in seeds] if out_dir else []
         rows[v.label] = {
             "method": v.method, "overrides": v.overrides, "paper": v.paper,
             "accuracy_mean": statistics.fmean(accs),
@@ -220,6 +242,7 @@ def summarize_comparison(variants, results, latency, settings, seeds) -> dict:
             "accuracy_per_seed": accs,
             "train_s_mean": statistics.fmean(r["train_s"] for r in results[v.label]),
             "final_terms_per_seed": [r.get("final_terms", {}) for r in results[v.label]],
+            "answer_variety_per_seed": variety,
             **latency["variants"][v.label],
         }
     return {"settings": asdict(settings), "seeds": seeds, "test_items": results[variants[0].label][0]["n"],
@@ -243,15 +266,26 @@ def comparison_table(summary: dict) -> str:
         seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
         lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
                      f"{row['latency_ms']['median']:.1f} | {row['forward_passes']:.1f} | {row['new_tokens']:.1f} |")
-    lines += ["", "Loss terms logged last in training (mean over seeds; – where the method has none):", "",
-              "| variant | loss | " + " | ".join(name for _, name in TERMS) + " |", "|---|---|" + "---|" * len(TERMS)]
+    lines += ["", "Loss terms logged last in training, and the answers given (mean over seeds; – where there are none). "
+              "distinct answers: how many different answers the model gave; top answer: the share of its most common "
+              "one (a model that answers a few constants has few distinct answers and a large top share).", "",
+              "| variant | loss | " + " | ".join(name for _, name in TERMS) + " | distinct answers | top answer % |",
+              "|---|---|" + "---|" * len(TERMS) + "---|---|"]
     for label, row in summary["variants"].items():
         runs = row.get("final_terms_per_seed") or [{}]
         cells = []
         for key in ("loss",) + tuple(k for k, _ in TERMS):
             values = [r[key] for r in runs if key in r]
             cells.append(f"{statistics.fmean(values):.4g}" if values else "–")
+        variety = [v for v in row.get("answer_variety_per_seed") or [] if v]
+        cells.append(f"{statistics.fmean(v['distinct_answers'] for v in variety):.1f}" if variety else "–")
+        cells.append(f"{100 * statistics.fmean(v['top_answer_share'] for v in variety):.1f}" if variety else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    baselines = [v["frequency_baseline"] for row in summary["variants"].values()
+                 for v in row.get("answer_variety_per_seed") or [] if v]
+    if baselines:
+        lines += ["", f"Frequency baseline (always answering the split's most common answer): "
+                      f"{100 * statistics.fmean(baselines):.1f}% (mean over seeds)."]
     return "\n".join(lines)
 
 
