@@ -71,7 +71,6 @@ class CodiMethod(LatentMethod):
         distill_term = self.settings.distill_term(loss_distill, self.progress, self.student_parameters(model))
         total = loss_teacher + loss_student + distill_term
         terms = DartLoss(total, loss_teacher.detach(), loss_student.detach(), loss_distill.detach(),
-                         teacher_spread(h_teacher), self.settings.weight_at(self.progress) if self.settings.scheduled
-                         else None)
+                         teacher_spread(h_teacher), self.settings.logged_weight(self.progress))
         return total, terms.logs()
 

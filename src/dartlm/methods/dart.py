@@ -31,12 +31,12 @@ class DartLossSettings:
         return cls(config.distill_weight, config.detach_teacher, config.distill_at, config.distill_grad,
                    config.distill_start, config.distill_ramp)
 
-    @property
-    def scheduled(self) -> bool:
-        return self.distill_start > 0 or self.distill_ramp > 0
-
     def weight_at(self, progress: float) -> float:
         return distill_weight_at(self.distill_weight, progress, self.distill_start, self.distill_ramp)
+
+    def logged_weight(self, progress: float) -> float | None:
+        """lambda now, for the log; None (not logged) when it is a constant."""
+        return self.weight_at(progress) if self.distill_start > 0 or self.distill_ramp > 0 else None
 
     def distill_term(self, loss_distill: torch.Tensor, progress: float, student_params) -> torch.Tensor:
         """lambda(progress) * L_distill, its gradient routed into the student-only weights when asked."""
@@ -103,7 +103,7 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     student_loss = loss_st + settings.distill_term(loss_distill, progress, student_params)
     total = student_loss + (loss_cot.detach() if early else loss_cot)
     return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach(), teacher_spread(h_teacher),
-                    settings.weight_at(progress) if settings.scheduled else None)
+                    settings.logged_weight(progress))
 
 
 class DartMethod(Method):
