@@ -10,10 +10,17 @@ from dartlm.cli import main
 from dartlm.comparison import GROUPS, VARIANTS, resolve_variants
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """The quick settings fine-tune a small base: build it here, not in the user's cache."""
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+
+
 def test_variant_groups_cover_the_papers_tables():
     assert len(GROUPS["table1"]) == 7 and len(GROUPS["table3"]) == 7  # Table 3: DART and its six ablations
     assert all(label in VARIANTS for group in GROUPS.values() for label in group)
     assert [v.label for v in resolve_variants(["demo", "dart", "codi"])] == ["nocot", "cot", "pause", "dart", "codi"]
+    assert all(VARIANTS[label].paper.startswith("ours") for label in GROUPS["guards"][2:])
     with pytest.raises(ValueError, match="unknown variant 'dartt'"):
         resolve_variants(["dartt"])
 
@@ -49,10 +56,9 @@ def test_sweep_in_two_worker_processes(tmp_path):
     assert (out / "sweep.png").stat().st_size > 0
 
 
-def test_compare_in_the_pretrained_base_regime_on_the_validation_split(tmp_path, monkeypatch):
+def test_compare_in_the_pretrained_base_regime_on_the_validation_split(tmp_path):
     import yaml
 
-    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "cmp"
     assert main(["compare", "--quick", "--variants", "nocot,dart-student", "--seeds", "0", "--train-steps", "3",
                  "--base-steps", "2", "--lora-targets", "all", "--eval-split", "val", "--latency-items", "2",
