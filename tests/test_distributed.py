@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,9 +49,11 @@ def update_difference(one: dict, two: dict, start: dict) -> float:
     return (num / den) ** 0.5
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, train_file):
+@pytest.mark.parametrize("guard", [[], ["method.distill_grad=student"]], ids=["paper", "distill-into-rem"])
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, train_file, guard):
+    """Also with L_distill routed into REM: its gradient enters through a stand-in that DDP averages like any other."""
     common = [f"data.train_path={train_file}", f"training.max_steps={STEPS}", "training.logging_steps=1",
-              "training.save_steps=1000"]
+              "training.save_steps=1000", *guard]
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
     run([sys.executable, WORKER, "run-one", "one", *common, "training.batch_size=8"], tmp_path)
