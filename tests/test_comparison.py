@@ -87,3 +87,20 @@ def test_answer_variety_by_hand(tmp_path):
     scores.write_text("\n".join(lines) + "\n")
     assert answer_variety(scores) == {"distinct_answers": 2, "top_answer_share": 0.75, "frequency_baseline": 0.75}
     assert answer_variety(tmp_path / "missing.jsonl") is None
+
+
+def test_compare_fine_tunes_a_given_pretrained_model(tmp_path, tokenizer):
+    """--base-model: any HF folder (or hub name, or alias) as the frozen base, with its own tokenizer."""
+    import yaml
+
+    from conftest import make_model
+
+    folder = tmp_path / "pretrained"
+    make_model("llama", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quick", "--variants", "dart", "--seeds", "0", "--train-steps", "2",
+                 "--base-model", str(folder), "--latency-items", "1", "--output-dir", str(out)]) == 0
+    config = yaml.safe_load((out / "seed-0" / "runs" / "dart" / "config.yaml").read_text())
+    assert config["model"]["name_or_path"] == str(folder) and config["lora"]["enabled"]
+    assert not (tmp_path / "cache" / "models").exists()  # no arithmetic base was built

@@ -137,6 +137,8 @@ def regime_settings(settings, args):
     changes = {k: v for k, v in (("base_steps", args.base_steps), ("lora_targets", args.lora_targets),
                                  ("layers", args.layers), ("lr", args.lr), ("batch_size", args.batch_size),
                                  ("base_model", getattr(args, "base_model", None))) if v is not None}
+    if changes.get("base_model") and args.base_steps is None:
+        changes["base_steps"] = 0  # a given pretrained model replaces the general arithmetic base
     return dataclasses.replace(settings, **changes)
 
 
