@@ -162,7 +162,7 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
         for result in (pool.map if workers > 1 else map)(run_job, jobs):
             log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
                 f"(trained in {result['train_s']:.0f} s)")
-    results = {v.label: [json.loads(Path(job_path(out_dir, s, v, split)).read_text()) for s in seeds]
+    results = {v.label: [json.loads(job_path(out_dir, s, v, split).read_text()) for s in seeds]
                for v in variants}
     latency = measure_latency(variants, out_dir / f"seed-{seeds[0]}", latency_items, log=log)
     summary = summarize_comparison(variants, results, latency, settings, seeds, out_dir, split)

@@ -121,7 +121,7 @@ def base_spec(settings: DemoSettings):
     """The general arithmetic base of these settings (model/base_lm.py); the same for every seed."""
     from dartlm.model.base_lm import BaseModelSpec
 
-    # About 1.4 passes over the corpus at 200k lines for 3,000 steps; short runs (smoke tests) get a smaller one.
+    # 200k lines for 3,000 steps of 32 (about 0.9 passes over it); short runs (smoke tests) get a smaller corpus.
     lines = min(200_000, max(2_000, 3 * settings.base_steps * settings.batch_size))
     return BaseModelSpec(layers=settings.layers, hidden=settings.hidden, heads=settings.heads,
                          vocab_size=settings.vocab_size, lines=lines, steps=settings.base_steps,

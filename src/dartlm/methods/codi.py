@@ -68,7 +68,7 @@ class CodiMethod(LatentMethod):
         loss_student = answer_loss(student.logits, suffix["input_ids"], suffix["roles"])
         h_student = gather_masked(student.hidden_states, distill_positions(suffix["roles"], suffix["anchor"], "z_n"))
         loss_distill = distill_loss(h_teacher, h_student, detach_teacher=True)
-        distill_term = self.settings.distill_term(loss_distill, self.progress, self.student_parameters(model))
+        distill_term = self.settings.distill_term(loss_distill, self.progress, lambda: self.student_parameters(model))
         total = loss_teacher + loss_student + distill_term
         terms = DartLoss(total, loss_teacher.detach(), loss_student.detach(), loss_distill.detach(),
                          teacher_spread(h_teacher), self.settings.logged_weight(self.progress))

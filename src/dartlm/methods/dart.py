@@ -38,12 +38,13 @@ class DartLossSettings:
         """lambda now, for the log; None (not logged) when it is a constant."""
         return self.weight_at(progress) if self.distill_start > 0 or self.distill_ramp > 0 else None
 
-    def distill_term(self, loss_distill: torch.Tensor, progress: float, student_params) -> torch.Tensor:
-        """lambda(progress) * L_distill, its gradient routed into the student-only weights when asked."""
+    def distill_term(self, loss_distill: torch.Tensor, progress: float,
+                     student_params: Callable[[], list[nn.Parameter]]) -> torch.Tensor:
+        """lambda(progress) * L_distill, its gradient routed into the student-only weights (asked for only then)."""
         weight = self.weight_at(progress)
         term = weight * loss_distill
         if self.distill_grad == "student" and weight:
-            term = routed(term, student_params)
+            term = routed(term, student_params())
         return term
 
 
@@ -99,8 +100,7 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
     del student
 
     loss_distill = distill_loss(h_teacher, h_student, detach_teacher=settings.detach_teacher)
-    student_params = rem_parameters(model) if settings.distill_grad == "student" else ()
-    student_loss = loss_st + settings.distill_term(loss_distill, progress, student_params)
+    student_loss = loss_st + settings.distill_term(loss_distill, progress, lambda: rem_parameters(model))
     total = student_loss + (loss_cot.detach() if early else loss_cot)
     return DartLoss(total, loss_cot.detach(), loss_st.detach(), loss_distill.detach(), teacher_spread(h_teacher),
                     settings.logged_weight(progress))

@@ -124,7 +124,7 @@ def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
         (tmp / BASE_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
-        publish(tmp, folder)
+        publish(tmp, folder, is_built, BASE_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"base model ready in {note['train_s']:.0f} s (final LM loss {note['final_loss']})")

@@ -188,12 +188,17 @@ def convert_gguf(
     return out_dir
 
 
-def publish(tmp: Path, out_dir: Path) -> None:
-    """Rename tmp to out_dir; if another process got there first, keep its complete folder."""
+def publish(tmp: Path, out_dir: Path, is_complete: Callable[[Path], bool] | None = None,
+            marker: str = SOURCE_FILE) -> None:
+    """Rename tmp to out_dir; if another process got there first, keep its complete folder.
+
+    is_complete says whether a folder is a finished one (default: a finished conversion, marked by `marker`).
+    """
+    is_complete = is_complete or is_converted
     try:
         os.replace(tmp, out_dir)  # also replaces an empty out_dir
     except OSError:
-        if not is_converted(out_dir):
+        if not is_complete(out_dir):
             raise OfflineModelError(
-                f"{out_dir} exists but is not a finished conversion (no {SOURCE_FILE}); delete it and retry"
+                f"{out_dir} exists but is not a finished build (no {marker}); delete it and retry"
             ) from None
