@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from dartlm.data.arithmetic_text import ArithmeticText, chain, corpus, line
+from dartlm.data.arithmetic_text import ArithmeticText, chain, corpus
 from dartlm.data.synthetic import SyntheticTask, generate_splits
 from dartlm.model.base_lm import BASE_FILE, BaseModelSpec, ensure_base
 
