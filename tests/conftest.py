@@ -25,7 +25,10 @@ FAMILIES = {
     "llama": dict(family="llama", tie=False),
     "qwen2-gqa": dict(family="qwen2", heads=4, kv_heads=2, tie=False),
     "gpt2": dict(family="gpt2"),
+    "phi3-gqa": dict(family="phi3", heads=4, kv_heads=2, tie=False),  # fused qkv_proj: [q | k | v]
+    "gpt-neox": dict(family="gpt_neox"),  # fused query_key_value, interleaved per head
 }
+FUSED_FAMILIES = ("gpt2", "phi3-gqa", "gpt-neox")
 
 
 @pytest.fixture(scope="session", params=["byte-level", "metaspace"])

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import FAMILIES, make_model
 from dartlm.data.example import Example
 from dartlm.data.layout import ANSWER, DartCollator, PromptFormat, encode_dart
 from dartlm.losses import answer_loss, cot_pathway_loss
@@ -22,7 +22,7 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(params=["llama", "qwen2-gqa", "gpt2"])
+@pytest.fixture(params=list(FAMILIES))
 def setup(request, tokenizer):
     tok = copy.deepcopy(tokenizer)
     ensure_pad_token(tok)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_model
+from conftest import FAMILIES, make_model
 from dartlm.decoding import greedy_decode
 from dartlm.generate import left_padded
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2-gqa", "gpt2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_matches_transformers_generate_under_left_padding(family, tokenizer):
     model = make_model(family, len(tokenizer), seed=3)
     prompts = [tuple(range(5, 12)), tuple(range(20, 23)), tuple(range(40, 50))]

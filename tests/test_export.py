@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import make_model
+from conftest import FAMILIES, make_model
 from test_dart_objective import EXAMPLES
 from test_rem import randomise_trainable
 from dartlm.data.layout import DartCollator, PromptFormat, encode_dart
@@ -54,7 +54,7 @@ STOCK_LOADER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2-gqa", "gpt2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_exported_folder_loads_with_stock_transformers(family, tokenizer, tmp_path):
     model, tok, probe = trained_like(family, tokenizer)
     with torch.no_grad():

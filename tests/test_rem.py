@@ -1,4 +1,5 @@
-"""REM: identity at init, the off switch, exact merges on Llama, Qwen2 (GQA) and GPT-2, and clear errors."""
+"""REM: identity at init, the off switch, exact merges on Llama, Qwen2 (GQA), GPT-2, Phi-3 (GQA) and GPT-NeoX,
+Q untouched in fused projections, and clear errors."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import copy
 import pytest
 import torch
 from torch import nn
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from conftest import FAMILIES, make_model
+from conftest import FAMILIES, FUSED_FAMILIES, make_model
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters
 from dartlm.model.export import merge_adapters
 from dartlm.model.rem import (
@@ -45,7 +48,7 @@ def test_rem_is_identity_at_init(family, placement, tokenizer):
     ids = ids_for(len(tokenizer))
     before = model(ids).logits
     inject_rem(model, RemSettings(rank=8, alpha=16, placement=placement))
-    assert len(rem_wrappers(model)) == (2 if family != "gpt2" else 1) * model.config.num_hidden_layers
+    assert len(rem_wrappers(model)) == (1 if family in FUSED_FAMILIES else 2) * model.config.num_hidden_layers
     assert torch.equal(model(ids).logits, before)
 
 
@@ -98,36 +101,85 @@ def test_merge_is_exact_and_leaves_the_plain_architecture(family, placement, tok
     # The merged model holds only module types of the base architecture...
     assert {type(m) for m in merged.modules()} <= base_modules
     # ...and exactly its parameters plus the <st> row(s): one when the head is tied, two otherwise.
-    hidden = merged.config.hidden_size if family != "gpt2" else merged.config.n_embd
+    hidden = merged.get_input_embeddings().weight.shape[1]
     rows = 1 if merged.config.tie_word_embeddings else 2
     assert sum(p.numel() for p in merged.parameters()) == base_count + rows * hidden
 
 
-def test_gpt2_merge_keeps_query_columns(tokenizer):
-    model = make_model("gpt2", len(tokenizer))
+@pytest.mark.parametrize("family", FUSED_FAMILIES)
+def test_fused_merge_keeps_query_features(family, tokenizer):
+    model = make_model(family, len(tokenizer))
     inject_rem(model, REM)
     randomise_trainable(model)
-    n = model.config.n_embd
-    before = model.transformer.h[0].attn.c_attn.proj.weight.detach().clone()  # (n, 3n)
-    merge_adapters(model)
-    after = model.transformer.h[0].attn.c_attn.weight
-    assert torch.equal(after[:, :n], before[:, :n])
-    assert not torch.allclose(after[:, n:], before[:, n:])
-
-
-def test_gpt2_rem_leaves_query_untouched_in_forward(tokenizer):
-    model = make_model("gpt2", len(tokenizer))
-    inject_rem(model, REM)
-    randomise_trainable(model)
-    fused = model.transformer.h[0].attn.c_attn
+    fused = rem_wrappers(model)[0]
     assert isinstance(fused, RemFusedQKV)
-    x = torch.randn(2, 5, model.config.n_embd)
-    n = model.config.n_embd
-    with_rem = fused(x)
+    before = fused.proj.weight.detach().clone()
+    merge_adapters(model)
+    after = fused.proj.weight
+    # Output features are columns of a Conv1D weight (in, out) and rows of a Linear weight (out, in).
+    features = (lambda w: w) if fused.layout.conv1d else (lambda w: w.T)
+    kv = list(fused.layout.key_columns + fused.layout.value_columns)
+    query = [c for c in range(features(before).shape[1]) if c not in set(kv)]
+    assert torch.equal(features(after)[:, query], features(before)[:, query])
+    assert not torch.allclose(features(after)[:, kv], features(before)[:, kv])
+
+
+class CapturedAttention:
+    """An attention implementation that records the query, key and value states each layer receives (after the
+    architecture's own split of a fused projection) and then runs sdpa."""
+
+    name = "dartlm-test-capture"
+
+    def __init__(self):
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        AttentionInterface.register(self.name, self)
+
+    def __call__(self, module, query, key, value, *args, **kwargs):
+        self.calls.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, *args, **kwargs)
+
+    def first_layer(self, run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.calls.clear()
+        with torch.no_grad():
+            run()
+        return self.calls[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rem_feeds_x_prime_to_key_and_value_only(family, tokenizer):
+    """Judged by the architecture's own attention code, not by REM's column indices: with the same REM on K and V,
+    the first layer's query states equal those of the plain model, and its key and value states equal those of the
+    plain model whose attention input is x' for every projection."""
+    capture = CapturedAttention()
+    model = make_model(family, len(tokenizer))
+    model.set_attn_implementation(capture.name)
+    inject_rem(model, REM)
+    randomise_trainable(model)
+    wrappers = rem_wrappers(model)
+    first = wrappers[: 1 if family in FUSED_FAMILIES else 2]  # the first layer's K/V projection(s)
+    with torch.no_grad():  # the same x -> x' for K and V, so that "every projection sees x'" is one model
+        source = first[0].rem_k if family in FUSED_FAMILIES else first[0].rem
+        for rem in ([first[0].rem_v] if family in FUSED_FAMILIES else [first[1].rem]):
+            rem.load_state_dict(source.state_dict())
+    ids = ids_for(len(tokenizer))
+    q_rem, k_rem, v_rem = capture.first_layer(lambda: model(input_ids=ids))
     with rem_disabled(model):
-        without = fused(x)
-    assert torch.equal(with_rem[..., :n], without[..., :n])
-    assert not torch.allclose(with_rem[..., n:], without[..., n:])
+        q_x, k_x, v_x = capture.first_layer(lambda: model(input_ids=ids))
+        if family in FUSED_FAMILIES:
+            projections = [first[0].proj]
+        else:
+            attention = next(m for m in model.modules() if getattr(m, "k_proj", None) is first[0])
+            projections = [attention.q_proj, first[0].proj, first[1].proj]
+        handles = [p.register_forward_pre_hook(lambda _, args: (source(args[0]),) + args[1:]) for p in projections]
+        try:
+            q_all, k_all, v_all = capture.first_layer(lambda: model(input_ids=ids))
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert torch.equal(q_rem, q_x)
+    assert not torch.allclose(q_all, q_x)  # x' does reach the query when every projection sees it
+    assert torch.allclose(k_rem, k_all, atol=1e-6) and torch.allclose(v_rem, v_all, atol=1e-6)
+    assert not torch.allclose(k_rem, k_x) and not torch.allclose(v_rem, v_x)
 
 
 def test_llama_rem_matches_the_formula(tokenizer):
@@ -145,21 +197,34 @@ def test_llama_rem_matches_the_formula(tokenizer):
 
 
 def test_unsupported_architecture_names_what_it_looked_for():
-    class FusedQKV(nn.Module):
+    class Mixer(nn.Module):
         def __init__(self):
             super().__init__()
-            self.qkv_proj = nn.Linear(8, 24)
+            self.mix = nn.Linear(8, 8)
 
     class WeirdAttention(nn.Module):
         def __init__(self):
             super().__init__()
-            self.inner = FusedQKV()
+            self.inner = Mixer()
 
     with pytest.raises(UnsupportedArchitectureError) as err:
         inject_rem(WeirdAttention(), REM)
     message = str(err.value)
-    assert "k_proj" in message and "v_proj" in message and "c_attn" in message
-    assert "Llama" in message and "GPT-2" in message and "WeirdAttention" in message
+    assert "k_proj" in message and "v_proj" in message and "fused" in message
+    assert "Llama" in message and "GPT-2" in message and "Phi-3" in message and "GPT-NeoX" in message
+    assert "WeirdAttention" in message
+
+
+def test_a_fused_projection_of_unknown_layout_is_refused_by_name():
+    """Falcon's `query_key_value` has another Q/K/V layout than GPT-NeoX's: adapting it as NeoX would be wrong."""
+    config = AutoConfig.for_model("falcon", vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        inject_rem(model, REM)
+    message = str(err.value)
+    assert "FalconAttention" in message and "`query_key_value`" in message and "GPT-NeoX" in message
+    assert not rem_wrappers(model)
 
 
 def test_merge_requires_lora_merged_first(tokenizer):

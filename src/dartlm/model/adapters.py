@@ -8,15 +8,19 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from dartlm.model.rem import RemSettings, find_attention_sites, inject_rem
+from dartlm.model.rem import FusedLayout, RemSettings, find_attention_sites, inject_rem
 
 ST_TOKEN = "<st>"
 PAUSE_TOKEN = "<pause>"
 
-# LoRA targets per attention layout. GPT-2: the attention's own projections only; a bare "c_proj" would also
-# match the MLP's output projection.
+# LoRA targets per attention layout: the attention's own projections only. A bare "c_proj" (GPT-2) or "dense"
+# (GPT-NeoX) would also match an MLP projection.
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-GPT2_TARGETS = ("attn.c_attn", "attn.c_proj")
+FUSED_TARGETS = {
+    "gpt2": ("attn.c_attn", "attn.c_proj"),
+    "phi3": ("self_attn.qkv_proj", "self_attn.o_proj"),
+    "gpt-neox": ("attention.query_key_value", "attention.dense"),
+}
 
 
 @dataclass(frozen=True)
@@ -29,23 +33,24 @@ class LoraSettings:
     target_modules: tuple[str, ...] = field(default=())  # empty: the architecture's attention projections
 
 
-def attention_layout(model: nn.Module) -> str:
-    """"separate" (k_proj/v_proj) or "fused" (GPT-2 c_attn); raises UnsupportedArchitectureError otherwise."""
+def attention_layout(model: nn.Module) -> "str | FusedLayout":
+    """"separate" (k_proj/v_proj) or the model's FusedLayout; raises UnsupportedArchitectureError otherwise."""
     layouts = {layout for _, _, layout in find_attention_sites(model)}
     if len(layouts) != 1:
-        raise ValueError(f"mixed attention layouts in one model: {sorted(layouts)}")
+        raise ValueError(f"mixed attention layouts in one model: {sorted(map(str, layouts))}")
     return layouts.pop()
 
 
 def lora_config(model: nn.Module, settings: LoraSettings) -> LoraConfig:
-    fused = attention_layout(model) == "fused"
-    targets = settings.target_modules or (GPT2_TARGETS if fused else LLAMA_STYLE_TARGETS)
+    layout = attention_layout(model)
+    fused = isinstance(layout, FusedLayout)
+    targets = settings.target_modules or (FUSED_TARGETS[layout.kind] if fused else LLAMA_STYLE_TARGETS)
     return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(targets),
-        fan_in_fan_out=fused,  # GPT-2's Conv1D stores weights as (in, out)
+        fan_in_fan_out=fused and layout.conv1d,  # GPT-2's Conv1D stores weights as (in, out)
         bias="none",
         task_type="CAUSAL_LM",
     )

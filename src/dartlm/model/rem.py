@@ -16,8 +16,10 @@ transforming its input.
 Two attention layouts are supported:
 - separate `k_proj` / `v_proj` linears (Llama, Mistral, Qwen2, Qwen3, Gemma, SmolLM, ...): each projection is
   wrapped in `RemProjection`;
-- GPT-2's fused `c_attn` (a `Conv1D` producing [q | k | v]): wrapped in `RemFusedQKV`, which feeds REM-transformed
-  inputs to the K and V column blocks only, so Q is untouched.
+- a fused query-key-value projection: GPT-2's `c_attn` (a `Conv1D` producing [q | k | v]), Phi-3's `qkv_proj`
+  ([q | k | v], grouped-query) and GPT-NeoX's `query_key_value` (per head [q_h | k_h | v_h]): wrapped in
+  `RemFusedQKV`, which feeds REM-transformed inputs to the K and V output features only (`FusedLayout` says
+  which they are), so Q is untouched.
 
 The wrapped projection lives in the attribute `proj` (not `base_layer`), so that PEFT's own unload/merge walks
 through the wrapper and handles a LoRA layer inside it as usual.
@@ -36,6 +38,8 @@ from torch import nn
 SUPPORTED_FAMILIES = (
     "Llama-style attention with separate `k_proj`/`v_proj` (Llama, Mistral, Qwen2, Qwen3, Gemma, SmolLM)",
     "GPT-2 with a fused `c_attn` (Conv1D)",
+    "Phi-3 / Phi-4 with a fused `qkv_proj`",
+    "GPT-NeoX / Pythia with a fused, per-head interleaved `query_key_value`",
 )
 
 
@@ -148,50 +152,90 @@ class RemProjection(nn.Module):
         return linear
 
 
-class RemFusedQKV(nn.Module):
-    """GPT-2's fused `c_attn`: Q from the raw input, K and V from their own REM-transformed inputs."""
+@dataclass(frozen=True)
+class FusedLayout:
+    """Where a fused query-key-value projection puts K and V in its output, and how it stores its weight.
 
-    def __init__(self, proj: nn.Module, features: int, settings: RemSettings):
+    `kind` names the family's layout: "gpt2" ([q | k | v] from a `Conv1D`, weight (in, out)), "phi3"
+    ([q | k | v] with grouped-query K/V blocks, an `nn.Linear`) or "gpt-neox" (per head [q_h | k_h | v_h],
+    interleaved, an `nn.Linear`). The column indices are over the projection's output features.
+    """
+
+    kind: str
+    attribute: str  # the projection's attribute on the attention module
+    key_columns: tuple[int, ...]
+    value_columns: tuple[int, ...]
+    conv1d: bool = False  # transformers' Conv1D: y = x W + b with W (in, out)
+
+
+def contiguous_layout(kind: str, attribute: str, query: int, kv: int) -> FusedLayout:
+    """[q (query features) | k (kv) | v (kv)]."""
+    return FusedLayout(kind, attribute, tuple(range(query, query + kv)),
+                       tuple(range(query + kv, query + 2 * kv)), conv1d=kind == "gpt2")
+
+
+def interleaved_layout(kind: str, attribute: str, heads: int, head_dim: int) -> FusedLayout:
+    """Per head h, [q_h | k_h | v_h] of head_dim each (GPT-NeoX views the output as (heads, 3 * head_dim))."""
+    key = tuple(3 * head_dim * h + head_dim + i for h in range(heads) for i in range(head_dim))
+    value = tuple(3 * head_dim * h + 2 * head_dim + i for h in range(heads) for i in range(head_dim))
+    return FusedLayout(kind, attribute, key, value)
+
+
+class RemFusedQKV(nn.Module):
+    """A fused query-key-value projection: Q from the raw input, K and V from their own REM-transformed inputs.
+
+    The fused projection (possibly with LoRA inside) is linear per output feature, so running it on the K and V
+    inputs and keeping only their columns equals separate K and V projections of x'. Running it three times costs
+    the ST pathway two more projections per layer; it keeps a LoRA inside the projection working unchanged.
+    """
+
+    def __init__(self, proj: nn.Module, features: int, settings: RemSettings, layout: FusedLayout):
         super().__init__()
         self.proj = proj
         self.placement = settings.placement
+        self.layout = layout
+        self.features = features
+        kv = len(layout.key_columns)
         if self.placement == "input":
             self.rem_k = LowRankResidual(features, settings.rank, settings.scaling)
             self.rem_v = LowRankResidual(features, settings.rank, settings.scaling)
         else:
-            self.rem_k = LowRankDelta(features, features, settings.rank, settings.scaling)
-            self.rem_v = LowRankDelta(features, features, settings.rank, settings.scaling)
-        self.features = features
+            self.rem_k = LowRankDelta(features, kv, settings.rank, settings.scaling)
+            self.rem_v = LowRankDelta(features, len(layout.value_columns), settings.rank, settings.scaling)
+        # Not saved: they follow from the layout, which follows from the architecture.
+        self.register_buffer("key_index", torch.tensor(layout.key_columns), persistent=False)
+        self.register_buffer("value_index", torch.tensor(layout.value_columns), persistent=False)
         self.rem_enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.proj(x)  # (B, T, 3n)
+        qkv = self.proj(x)  # (B, T, out)
         if not self.rem_enabled:
             return qkv
-        n = self.features
+        keys, values = self.key_index, self.value_index
         if self.placement == "output":
-            zero = torch.zeros_like(qkv[..., :n])
-            return qkv + torch.cat([zero, self.rem_k(x), self.rem_v(x)], dim=-1)
-        # The fused projection (possibly with LoRA inside) is linear per column block, so running it on the
-        # K- and V-inputs and keeping only their blocks equals separate K and V projections of x'.
-        k = self.proj(self.rem_k(x))[..., n : 2 * n]
-        v = self.proj(self.rem_v(x))[..., 2 * n :]
-        return torch.cat([qkv[..., :n], k, v], dim=-1)
+            qkv = qkv.index_add(-1, keys, self.rem_k(x))
+            return qkv.index_add(-1, values, self.rem_v(x))
+        qkv = qkv.index_copy(-1, keys, self.proj(self.rem_k(x)).index_select(-1, keys))
+        return qkv.index_copy(-1, values, self.proj(self.rem_v(x)).index_select(-1, values))
 
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """Fold REM into the K and V column blocks of the `Conv1D` weight (y = x W + b); Q is left as is."""
-        conv = self.proj
-        if not hasattr(conv, "nf") or conv.weight.shape != (self.features, 3 * self.features):
-            raise TypeError(f"expected GPT-2's Conv1D(3n, n) inside RemFusedQKV, found {type(conv).__name__}")
-        n = self.features
-        weight = conv.weight  # (n, 3n)
-        for block, rem in ((slice(n, 2 * n), self.rem_k), (slice(2 * n, 3 * n), self.rem_v)):
+        """Fold REM into the K and V output features of the projection weight; Q's are left as they are."""
+        proj = self.proj
+        if self.layout.conv1d:
+            if not hasattr(proj, "nf") or proj.weight.shape[0] != self.features:
+                raise TypeError(f"expected GPT-2's Conv1D inside RemFusedQKV, found {type(proj).__name__}")
+            weight = proj.weight  # (in, out): y = x W, columns are output features
+        else:
+            weight = _require(proj, nn.Linear).weight.T  # a view (in, out) of (out, in)
+        for index, rem in ((self.key_index, self.rem_k), (self.value_index, self.rem_v)):
+            block = widened(weight[:, index])  # (in, k)
             if self.placement == "input":  # y = x' W = x M W
-                weight[:, block] = (rem.matrix() @ widened(weight[:, block])).to(weight.dtype)
+                block = rem.matrix() @ block
             else:  # y = x W + s x A^T B^T
-                weight[:, block] = (widened(weight[:, block]) + rem.matrix().T).to(weight.dtype)
-        return conv
+                block = block + rem.matrix().T
+            weight[:, index] = block.to(weight.dtype)
+        return proj
 
 
 REM_WRAPPERS = (RemProjection, RemFusedQKV)
@@ -221,10 +265,42 @@ def _projection_outputs(proj: nn.Module) -> int:
     return base.out_features
 
 
-def find_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+# Fused projections whose Q/K/V layout is not known here: refused by name rather than adapted wrongly (Falcon's
+# multi-query `query_key_value`, for one, is laid out unlike GPT-NeoX's).
+FUSED_ATTRIBUTES = ("c_attn", "qkv_proj", "query_key_value", "Wqkv")
+
+
+def fused_layout(attention: nn.Module) -> FusedLayout | None:
+    """The fused Q/K/V layout of a self-attention module of a supported family, None if it has none.
+
+    Raises UnsupportedArchitectureError for a fused projection of an unknown family.
+    """
+    kind = type(attention).__name__
+    if hasattr(attention, "c_attn"):  # GPT-2: Conv1D(3n, n) -> [q | k | v]
+        if getattr(attention, "is_cross_attention", False):
+            return None
+        n = _projection_features(attention.c_attn)
+        return contiguous_layout("gpt2", "c_attn", n, n)
+    if kind.startswith("Phi3") and hasattr(attention, "qkv_proj"):  # Phi-3, Phi-4: [q | k | v], GQA
+        config = attention.config
+        query = config.num_attention_heads * attention.head_dim
+        return contiguous_layout("phi3", "qkv_proj", query, attention.num_key_value_heads * attention.head_dim)
+    if kind.startswith("GPTNeoX") and hasattr(attention, "query_key_value"):  # (heads, [q | k | v]) per head
+        return interleaved_layout("gpt-neox", "query_key_value", attention.config.num_attention_heads,
+                                  attention.head_size)
+    fused = [name for name in FUSED_ATTRIBUTES if isinstance(getattr(attention, name, None), nn.Module)]
+    if fused:
+        raise UnsupportedArchitectureError(
+            f"{kind} has a fused projection `{fused[0]}` whose query/key/value layout REM does not know, so it "
+            "cannot adapt K and V alone. Supported: " + "; ".join(SUPPORTED_FAMILIES)
+        )
+    return None
+
+
+def find_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module, "str | FusedLayout"]]:
     """(module name, attention module, layout) for every self-attention REM applies to.
 
-    layout is "separate" (k_proj + v_proj) or "fused" (GPT-2 c_attn). Cross-attention is skipped.
+    layout is "separate" (k_proj + v_proj) or the FusedLayout of a fused projection. Cross-attention is skipped.
     """
     sites = []
     for name, module in model.named_modules():
@@ -232,12 +308,12 @@ def find_attention_sites(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
             raise ValueError("REM is already injected into this model")
         if hasattr(module, "k_proj") and hasattr(module, "v_proj"):
             sites.append((name, module, "separate"))
-        elif hasattr(module, "c_attn") and not getattr(module, "is_cross_attention", False):
-            sites.append((name, module, "fused"))
+        elif (layout := fused_layout(module)) is not None:
+            sites.append((name, module, layout))
     if not sites:
         raise UnsupportedArchitectureError(
             f"{type(model).__name__}: REM looks for attention modules with separate `k_proj` and `v_proj` "
-            "projections or with GPT-2's fused `c_attn`, and found neither. Supported: "
+            "projections or with a known fused projection, and found neither. Supported: "
             + "; ".join(SUPPORTED_FAMILIES)
             + ". Attention-like modules in this model: "
             + (", ".join(sorted(_attention_like_classes(model))) or "none")
@@ -263,9 +339,9 @@ def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
                 setattr(attn, attr, wrapper)
                 wrappers.append(wrapper)
         else:
-            proj = attn.c_attn
-            wrapper = RemFusedQKV(proj, _projection_features(proj), settings)
-            attn.c_attn = wrapper
+            proj = getattr(attn, layout.attribute)
+            wrapper = RemFusedQKV(proj, _projection_features(proj), settings, layout)
+            setattr(attn, layout.attribute, wrapper)
             wrappers.append(wrapper)
     reference = next(model.parameters())
     for wrapper in wrappers:

@@ -51,7 +51,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, style: str = "b
 
 def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
                 kv_heads: int | None = None, tie: bool = False, max_positions: int = 512) -> PreTrainedConfig:
-    """A small random-initialisable config of one family: "llama", "qwen2" (grouped-query) or "gpt2"."""
+    """A small random-initialisable config of one family: "llama", "qwen2" (grouped-query), "gpt2", "phi3"
+    (fused grouped-query `qkv_proj`) or "gpt_neox" (fused, per-head interleaved `query_key_value`)."""
+    if family == "phi3":
+        # pad_token_id: Phi-3's default (32000) would not fit a tiny vocabulary.
+        return AutoConfig.for_model(
+            "phi3", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+            max_position_embeddings=max_positions, original_max_position_embeddings=max_positions,
+            tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
+        )
+    if family == "gpt_neox":
+        return AutoConfig.for_model(
+            "gpt_neox", vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4,
+            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_positions,
+            tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, hidden_dropout=0.0, attention_dropout=0.0,
+        )
     if family == "gpt2":
         return AutoConfig.for_model(
             "gpt2", vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
@@ -59,7 +75,7 @@ def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2,
             bos_token_id=0, eos_token_id=0,
         )
     if family not in ("llama", "qwen2"):
-        raise ValueError(f"unknown tiny family {family!r}; expected llama, qwen2 or gpt2")
+        raise ValueError(f"unknown tiny family {family!r}; expected llama, qwen2, gpt2, phi3 or gpt_neox")
     return AutoConfig.for_model(
         family, vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 4,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
