@@ -26,10 +26,26 @@ def _train(args) -> int:
 def _export(args) -> int:
     from dartlm.training.run import export_run
 
+    results = [_read_eval_summary(Path(path)) for path in args.results or ()]
     export_run(Path(args.run_dir), Path(args.out_dir), checkpoint=args.checkpoint, force=args.force,
-               tolerance=args.tolerance)
+               tolerance=args.tolerance, results=results)
     print(f"exported: {args.out_dir}")
     return 0
+
+
+def _read_eval_summary(path: Path) -> dict:
+    """A summary JSON written by `dartlm eval`, for the model card."""
+    import json
+
+    from dartlm.training.run import RunError
+
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: cannot read an eval summary: {err}") from None
+    if not isinstance(summary, dict) or "accuracy" not in summary:
+        raise RunError(f"{path}: not a summary written by `dartlm eval` (no 'accuracy' field)")
+    return summary
 
 
 def _generate(args) -> int:
@@ -223,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=None,
                         help="max |logit difference| allowed (float64, relative to max |logit|), as a multiple "
                              "of the difference fp32 rounding alone makes (default 1)")
+    export.add_argument("--results", nargs="+", metavar="EVAL_JSON",
+                        help="`dartlm eval` summaries to put in the model card (README.md)")
     export.set_defaults(run=_export)
 
     generate = commands.add_parser("generate", help="answer questions with an exported model")

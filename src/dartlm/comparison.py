@@ -90,7 +90,7 @@ def run_job(job: dict) -> dict:
     import torch
 
     from dartlm.eval.evaluate import EvalSettings, evaluate
-    from dartlm.training.run import export_run, train
+    from dartlm.training.run import export_run, final_terms, train, write_run_card
 
     torch.set_num_threads(job["threads"])
     settings = DemoSettings(**job["settings"])
@@ -107,11 +107,12 @@ def run_job(job: dict) -> dict:
     started = time.perf_counter()
     train(config, run_dir, overwrite=True)
     train_s = time.perf_counter() - started
-    export_run(run_dir, model_dir, force=True, log=lambda *_: None)
+    check = export_run(run_dir, model_dir, force=True, log=lambda *_: None)
     split = job["split"]
     scored = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(root / "data" / f"{split}.txt"),
                                               batch_size=32, latency_items=0),
                       root / "scores" / f"{variant.label}-{split}.json", progress=False)
+    write_run_card(run_dir, model_dir, check=check, results=[scored])
     result = {"label": variant.label, "seed": settings.seed, "split": split, "accuracy": scored["accuracy"]["strict"],
               "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"],
               "final_terms": final_terms(run_dir)}
@@ -124,17 +125,6 @@ def run_job(job: dict) -> dict:
 def job_path(out_dir: Path, seed: int, variant: Variant, split: str) -> Path:
     """Where one (seed, variant) run's result is written; results on the test split keep their old names."""
     return out_dir / f"seed-{seed}" / "results" / f"{variant.label}{'' if split == 'test' else '-' + split}.json"
-
-
-def final_terms(run_dir: Path) -> dict[str, float]:
-    """The last logged value of each loss term of a run (loss, and DART's/CODI's terms with teacher_spread)."""
-    last: dict[str, float] = {}
-    log_path = run_dir / "log.jsonl"
-    if log_path.is_file():
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            last.update({k: v for k, v in record.items() if k == "loss" or k.startswith(("loss_", "teacher_"))})
-    return last
 
 
 def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[int], out_dir: Path, *,

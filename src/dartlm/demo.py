@@ -24,7 +24,7 @@ from dartlm.eval.report import markdown_table, plot_accuracy_vs_latency
 from dartlm.generate import generate, load_exported
 from dartlm.model.adapters import LLAMA_STYLE_TARGETS
 from dartlm.model.tiny import train_tokenizer
-from dartlm.training.run import export_run, train
+from dartlm.training.run import export_run, train, write_run_card
 
 METHODS = ("nocot", "cot", "pause", "dart")
 # LoRA targets of the demo's Llama-style model: the paper's (attention), or every linear layer of the blocks.
@@ -202,11 +202,12 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
         train(config, run_dir, overwrite=True)
         timings[method] = {"train_s": time.perf_counter() - clock}
         model_dir = out_dir / "models" / method
-        export_run(run_dir, model_dir, force=True, log=log)
+        check = export_run(run_dir, model_dir, force=True, log=log)
         clock = time.perf_counter()
         result = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(data_dir / f"{eval_split}.txt"),
                                                   batch_size=1), out_dir / "results" / f"{method}.json")
         timings[method]["eval_s"] = time.perf_counter() - clock
+        write_run_card(run_dir, model_dir, check=check, results=[result])
         result["label"] = method
         results.append(result)
     table = demo_table(results)

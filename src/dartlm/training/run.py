@@ -261,8 +261,9 @@ PROBE_QUESTIONS = (
 
 
 def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
-               tolerance: float | None = None, log=print):
-    """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype)."""
+               tolerance: float | None = None, results: list[dict] | None = None, log=print):
+    """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype), with its model
+    card (README.md; `results`: `dartlm eval` summaries to put in it)."""
     from dartlm.generate import left_padded, prompt_ids
     from dartlm.model.export import DEFAULT_TOLERANCE, export_model
 
@@ -285,4 +286,40 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
 
         state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in projection.state_dict().items()}
         save_file(state, str(out_dir / PROJECTION_FILE))
+    write_run_card(run_dir, out_dir, check=check, results=results)
     return check
+
+
+def write_run_card(run_dir: Path, out_dir: Path, *, check=None, results: list[dict] | None = None) -> Path:
+    """(Re)write the model card of a folder exported from run_dir, e.g. once it has been evaluated."""
+    from dartlm.model.card import write_model_card
+    from dartlm.model.export import PromptSpec
+
+    config = load_run_config(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    return write_model_card(out_dir, PromptSpec.load(out_dir), tokenizer, config, check=check, results=results,
+                            terms=final_terms(run_dir), question=example_question(config))
+
+
+def example_question(config: Config) -> str:
+    """The first training question when the training file is at hand (the card's snippet asks it), else a probe."""
+    path = Path(config.data.train_path)
+    if path.is_file():
+        try:
+            examples = load_examples(str(path), format=config.data.format, skip_invalid=True)
+            if examples:
+                return examples[0].question
+        except (DataError, OSError, ValueError):
+            pass
+    return PROBE_QUESTIONS[0]
+
+
+def final_terms(run_dir: Path) -> dict[str, float]:
+    """The last logged value of each loss term of a run (loss, and DART's/CODI's terms with teacher_spread)."""
+    last: dict[str, float] = {}
+    log_path = run_dir / "log.jsonl"
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            last.update({k: v for k, v in record.items() if k == "loss" or k.startswith(("loss_", "teacher_"))})
+    return last
