@@ -48,6 +48,16 @@ def _read_eval_summary(path: Path) -> dict:
     return summary
 
 
+def _lm_eval_task(args) -> int:
+    from dartlm.eval.lm_eval_task import write_lm_eval_task
+
+    files = write_lm_eval_task(Path(args.model_dir), args.benchmark, Path(args.data_path), Path(args.output),
+                               limit=args.limit, name=args.name)
+    print(f"wrote {files.yaml} ({files.items} items); run it with:\n  lm_eval --model hf --model_args "
+          f"pretrained={args.model_dir} --tasks {files.name} --include_path {args.output} --batch_size 1")
+    return 0
+
+
 def _generate(args) -> int:
     from dartlm.generate import generate, load_exported
 
@@ -263,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluate.set_defaults(run=_eval)
 
+    task = commands.add_parser("lm-eval-task", help="an lm-evaluation-harness task that scores an exported model "
+                               "with its own prompt on a local benchmark file")
+    task.add_argument("model_dir")
+    task.add_argument("--benchmark", required=True, help="gsm8k, gsm-hard, svamp, multiarith, prosqa, commonsenseqa")
+    task.add_argument("--data-path", required=True, help="the benchmark's local file")
+    task.add_argument("--output", required=True, help="folder for the task YAML and its data (lm_eval --include_path)")
+    task.add_argument("--limit", type=int, help="the first N items")
+    task.add_argument("--name", help="task name (default dartlm_<benchmark>)")
+    task.set_defaults(run=_lm_eval_task)
+
     report = commands.add_parser("report", help="a Table-1-style table and an accuracy-vs-latency plot")
     report.add_argument("results", nargs="+", help="summary JSON files written by dartlm eval")
     report.add_argument("--output", help="write OUTPUT.md and OUTPUT.png")
@@ -361,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     from dartlm.config import ConfigError
     from dartlm.data.readers import DataError
     from dartlm.eval.evaluate import ResumeMismatchError
+    from dartlm.eval.lm_eval_task import PromptNotExpressibleError
     from dartlm.model.export import MergeMismatchError
     from dartlm.model.offline import OfflineModelError
     from dartlm.model.rem import UnsupportedArchitectureError
@@ -370,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError,
-            ResumeMismatchError, OfflineModelError) as err:
+            ResumeMismatchError, OfflineModelError, PromptNotExpressibleError) as err:
         print(f"dartlm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, MergeMismatchError) as err:
