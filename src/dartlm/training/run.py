@@ -32,6 +32,7 @@ from dartlm.methods import get_method
 from dartlm.methods.base import Method
 from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
 from dartlm.model.prepare import prepare_model
+from dartlm.training.sharding import check_sharding
 from dartlm.training.trainer import (
     TRAINABLE_WEIGHTS,
     JsonlLogCallback,
@@ -181,6 +182,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrite: bool = False) -> MethodTrainer:
     """Train `config` into `run_dir`; resume=True continues from the last checkpoint, a path from that one."""
     check_run_dir(run_dir, bool(resume), overwrite)
+    check_sharding(config)  # a sharding mode (accelerate launch) that cannot train this config fails here
     # Fail on bad data before any model loads.
     examples = load_examples(
         config.data.train_path, format=config.data.format, omit_last_step=config.data.omit_last_step,

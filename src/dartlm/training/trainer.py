@@ -26,9 +26,17 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; training stops instead of corrupting the weights."""
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a weight FSDP2 keeps sharded (a DTensor; a collective: every rank must call it)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter that trains (LoRA, REM, or all weights under full fine-tuning), contiguous, on CPU."""
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    """Every parameter that trains (LoRA, REM, or all weights under full fine-tuning), whole, contiguous, on CPU.
+
+    Under FSDP2 the weights are gathered from every rank, so every rank must call this.
+    """
+    return {name: _full(p.detach()).contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: torch.nn.Module, path: str) -> None:
@@ -44,7 +52,12 @@ def load_trainable_state(model: torch.nn.Module, path: str) -> None:
         )
     with torch.no_grad():
         for name, tensor in saved.items():
-            params[name].copy_(tensor)
+            param = params[name]
+            if hasattr(param, "device_mesh"):  # FSDP2: keep this rank's shard of the whole tensor
+                from torch.distributed.tensor import distribute_tensor
+
+                tensor = distribute_tensor(tensor.to(param.dtype), param.device_mesh, param.placements)
+            param.copy_(tensor)
 
 
 class MethodTrainer(Trainer):
@@ -61,8 +74,19 @@ class MethodTrainer(Trainer):
         self._reset_step = -1
         self.optimizer_resets = 0
         self.collapse_warned = False
+        self._one_backward_logged = False
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's engine owns the backward pass and reduces gradients at its own accumulation boundaries; a
+            # second backward within one step is not a use it supports, so the whole loss goes back once (the same
+            # gradients, with both pathways' activations held at the peak).
+            if not self._one_backward_logged:
+                self._one_backward_logged = True
+                log.warning("DeepSpeed: the CoT pathway's loss is back-propagated together with the rest, in one "
+                            "backward per step (the early L_CoT backward is off); gradients are unchanged, peak "
+                            "activation memory holds both pathways")
+            return super().training_step(model, inputs, num_items_in_batch)
         # Lets a method back-propagate part of its loss early, scaled exactly as the Trainer scales the rest.
         self._early_backward = lambda part: self.accelerator.backward(part / self.current_gradient_accumulation_steps)
         try:
@@ -138,10 +162,11 @@ class MethodTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save only the trainable weights; the base model is rebuilt from the run's config."""
         output_dir = output_dir or self.args.output_dir
+        state = trainable_state(self.accelerator.unwrap_model(self.model))  # every rank: FSDP gathers the shards
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        save_file(trainable_state(self.accelerator.unwrap_model(self.model)), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        save_file(state, os.path.join(output_dir, TRAINABLE_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_state(model or self.model, os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS))
