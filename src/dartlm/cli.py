@@ -58,6 +58,18 @@ def _lm_eval_task(args) -> int:
     return 0
 
 
+def _probe(args) -> int:
+    from dartlm.probe import run_probe
+
+    layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    result = run_probe(Path(args.model_dir), Path(args.data), Path(args.output),
+                       fit_path=Path(args.fit_data) if args.fit_data else None, benchmark=args.benchmark,
+                       limit=args.limit, fit_limit=args.fit_limit, layers=layers)
+    print((Path(args.output) / "probe.md").read_text(encoding="utf-8"))
+    print(f"wrote {args.output}/probe.json, probe.png, probe.md ({len(result['probes'])} targets)")
+    return 0
+
+
 def _generate(args) -> int:
     from dartlm.generate import generate, load_exported
 
@@ -282,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--limit", type=int, help="the first N items")
     task.add_argument("--name", help="task name (default dartlm_<benchmark>)")
     task.set_defaults(run=_lm_eval_task)
+
+    probe = commands.add_parser("probe", help="logit lens and linear probes of the hidden states at the thought "
+                                "positions and z_N of an exported model")
+    probe.add_argument("model_dir")
+    probe.add_argument("--data", required=True, help="held-out items (a local benchmark file)")
+    probe.add_argument("--fit-data", help="items the probes are fitted on (default: 70%% of --data, the rest held out)")
+    probe.add_argument("--benchmark", default="gsm8k")
+    probe.add_argument("--limit", type=int, help="the first N held-out items")
+    probe.add_argument("--fit-limit", type=int, help="the first N fitting items")
+    probe.add_argument("--layers", default="all", help="all, or comma-separated layer indices (0 = embeddings)")
+    probe.add_argument("--output", default="probe", help="folder for probe.json, probe.png and probe.md")
+    probe.set_defaults(run=_probe)
 
     report = commands.add_parser("report", help="a Table-1-style table and an accuracy-vs-latency plot")
     report.add_argument("results", nargs="+", help="summary JSON files written by dartlm eval")
