@@ -104,3 +104,29 @@ def test_compare_fine_tunes_a_given_pretrained_model(tmp_path, tokenizer):
     config = yaml.safe_load((out / "seed-0" / "runs" / "dart" / "config.yaml").read_text())
     assert config["model"]["name_or_path"] == str(folder) and config["lora"]["enabled"]
     assert not (tmp_path / "cache" / "models").exists()  # no arithmetic base was built
+
+
+def test_a_killed_comparison_run_resumes_from_its_checkpoint(tmp_path, capsys):
+    """--save-every writes checkpoints; a run whose result is missing but whose folder holds a complete checkpoint
+    of the same config continues from it instead of starting over."""
+    from dartlm.training.run import load_run_config, resumable
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--variants", "nocot", "--seeds", "0", "--train-steps", "4", "--save-every", "2",
+            "--latency-items", "0", "--output-dir", str(out)]
+    assert main(args) == 0
+    run_dir = out / "seed-0" / "runs" / "nocot"
+    config = load_run_config(run_dir)
+    assert config.training.save_steps == 2 and (run_dir / "checkpoint-2").is_dir()
+    assert resumable(run_dir, config)
+    config.training.save_steps = 50
+    assert resumable(run_dir, config)  # saving more or less often does not change what is trained
+    config.training.lr *= 2
+    assert not resumable(run_dir, config)  # another config: never resumed
+    first = json.loads((out / "seed-0" / "results" / "nocot.json").read_text())
+    (out / "seed-0" / "results" / "nocot.json").unlink()  # as if killed after the last checkpoint
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 runs to do" in capsys.readouterr().out
+    again = json.loads((out / "seed-0" / "results" / "nocot.json").read_text())
+    assert again["accuracy"] == first["accuracy"] and again["final_terms"] == first["final_terms"]

@@ -127,3 +127,11 @@ def test_probe_command_writes_json_plot_and_summary(exported_models, tmp_path):
 def test_items_of_the_right_kind_only(tmp_path):
     item = BenchmarkItem("x", "q?", "5", "number", ("no annotations here",))
     assert ProbeData.from_items([item]).targets == {"answer": ["5"]}
+
+
+def test_the_gold_token_is_the_answers_first_non_blank_token(tokenizer):
+    from dartlm.probe import first_content_token
+
+    ids = tokenizer(" 84", add_special_tokens=False)["input_ids"]
+    token = first_content_token(ids, tokenizer)
+    assert tokenizer.decode([token]).strip().startswith("8")

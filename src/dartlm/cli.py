@@ -195,8 +195,8 @@ def _comparison_settings(args):
     from dartlm.demo import DemoSettings
 
     settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
-    changes = {k: v for k, v in (("train_steps", args.train_steps), ("distill_weight", args.distill_weight))
-               if v is not None}
+    changes = {k: v for k, v in (("train_steps", args.train_steps), ("distill_weight", args.distill_weight),
+                                 ("save_every", args.save_every)) if v is not None}
     return dataclasses.replace(settings, **changes)
 
 
@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--workers", type=int, default=1,
                          help="runs trained in parallel, one thread each (latency is timed afterwards, alone)")
         sub.add_argument("--latency-items", type=int, default=100, help="test questions timed at batch size 1")
+        sub.add_argument("--save-every", type=int, help="a checkpoint every N steps: a killed run resumes from it "
+                         "when the command is run again")
         sub.add_argument("--quick", action="store_true", help="the demo's one-minute settings (a smoke run)")
         sub.add_argument("--eval-split", default="test", choices=["test", "val"], help="choose on val, report on test")
         regime_options(sub)

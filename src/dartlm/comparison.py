@@ -90,7 +90,7 @@ def run_job(job: dict) -> dict:
     import torch
 
     from dartlm.eval.evaluate import EvalSettings, evaluate
-    from dartlm.training.run import export_run, final_terms, train, write_run_card
+    from dartlm.training.run import export_run, final_terms, resumable, train, write_run_card
 
     torch.set_num_threads(job["threads"])
     settings = DemoSettings(**job["settings"])
@@ -105,7 +105,8 @@ def run_job(job: dict) -> dict:
     config.training.progress_bar = False
     config.validate(f"variant {variant.label}")
     started = time.perf_counter()
-    train(config, run_dir, overwrite=True)
+    resume = resumable(run_dir, config)  # a run interrupted after a checkpoint continues from it
+    train(config, run_dir, resume=resume, overwrite=not resume)
     train_s = time.perf_counter() - started
     check = export_run(run_dir, model_dir, force=True, log=lambda *_: None)
     split = job["split"]
@@ -175,6 +176,10 @@ def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warm
     from dartlm.eval.measure import machine_info, stopwatch, summarize
     from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
 
+    if items <= 0:  # not timed (e.g. a long run whose timing is left for a quiet machine)
+        return {"machine": machine_info("cpu"), "n": 0, "variants": {
+            v.label: {"latency_ms": {"median": None, "n": 0}, "forward_passes": None, "new_tokens": None}
+            for v in variants}}
     torch.set_num_threads(2)
     loaded = {v.label: load_exported(seed_dir / "models" / v.label) for v in variants}
     questions = [i.question for i in load_benchmark("gsm8k", str(seed_dir / "data" / "test.txt"), limit=items)]
@@ -254,8 +259,10 @@ def comparison_table(summary: dict) -> str:
     ]
     for label, row in summary["variants"].items():
         seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
+        timed = [row["latency_ms"]["median"], row["forward_passes"], row["new_tokens"]]
+        cells = " | ".join("not timed" if x is None else f"{x:.1f}" for x in timed)
         lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
-                     f"{row['latency_ms']['median']:.1f} | {row['forward_passes']:.1f} | {row['new_tokens']:.1f} |")
+                     f"{cells} |")
     lines += ["", "Loss terms logged last in training, and the answers given (mean over seeds; – where there are none). "
               "distinct answers: how many different answers the model gave; top answer: the share of its most common "
               "one (a model that answers a few constants has few distinct answers and a large top share).", "",
@@ -289,6 +296,8 @@ def plot_comparison(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for index, (label, row) in enumerate(summary["variants"].items()):
         x, y = row["latency_ms"]["median"], row["accuracy_mean"]
+        if x is None:  # not timed: no place on a latency axis
+            continue
         ax.errorbar(x, y, yerr=row["accuracy_std"], fmt="o" if row["method"] != "dart" else "s",
                     color=f"C{index % 10}", capsize=3, label=label)
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")

@@ -73,6 +73,8 @@ class DemoSettings:
     distill_start: float = 0.0
     distill_ramp: float = 0.0
     seed: int = 0
+    # > 0: a checkpoint every this many steps, from which `dartlm compare` resumes a killed run (long benchmarks).
+    save_every: int = 0
     methods: tuple[str, ...] = METHODS
 
     @classmethod
@@ -113,7 +115,8 @@ def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: 
     config.data.max_length = 512
     t = config.training
     t.output_dir, t.max_steps, t.batch_size, t.lr = str(run_dir), steps, settings.batch_size, settings.lr
-    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, steps, max(1, min(50, steps))
+    save = settings.save_every if 0 < settings.save_every < steps else steps
+    t.weight_decay, t.seed, t.save_steps, t.logging_steps = 0.0, settings.seed, save, max(1, min(50, steps))
     return config.validate("demo")
 
 

@@ -60,6 +60,15 @@ class ProbeData:
         return {name: sum(v is None for v in values) for name, values in self.targets.items()}
 
 
+def first_content_token(ids: Sequence[int], tokenizer) -> int:
+    """The answer's first token that is not whitespace alone: where a tokenizer gives the joiner space a token of
+    its own, that token would be every answer's "first token" and tell nothing."""
+    for token in ids:
+        if tokenizer.decode([token]).strip():
+            return token
+    return ids[0]
+
+
 def final_norm(model):
     base = model.base_model if hasattr(model, "base_model") else model
     for name in ("norm", "ln_f", "final_layer_norm"):
@@ -89,7 +98,8 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
                    batch_size: int = 16) -> States:
     """Every layer's state at every thought position and at z_N, for each question, by the method's own prompt."""
     fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
-    gold = [segment_example(Example("", (), a), tokenizer, fmt).answer[0] for a in answers]
+    gold = [first_content_token(segment_example(Example("", (), a), tokenizer, fmt).answer, tokenizer)
+            for a in answers]
     thoughts = spec.num_thought_tokens if spec.decode in ("answer", "latent") else 0
     labels = [f"thought {k + 1}" for k in range(thoughts)] + ["z_N"]
     chunks, valid, skipped = [], [], {}
@@ -256,26 +266,34 @@ def run_probe(model_dir: Path, data_path: Path, out_dir: Path, *, fit_path: Path
 
 
 def plot_probe(result: dict, path: Path) -> None:
+    """One heatmap per reading (layer x position), each cell annotated with its value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("logit lens: P(gold first token)", result["logit_lens"]["gold_probability"])]
-    panels += [(f"probe: {name} (control {max(map(max, p['control'])):.2f}, majority {p['majority'][0][0]:.2f})",
+    panels = [("logit lens\nP(gold first token)", result["logit_lens"]["gold_probability"])]
+    panels += [(f"probe: {name}\ncontrol {max(map(max, p['control'])):.2f}, majority {p['majority'][0][0]:.2f}",
                 p["accuracy"]) for name, p in result["probes"].items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.2), squeeze=False)
-    for ax, (title, grid) in zip(axes[0], panels):
+    positions = [p.replace("thought ", "t") for p in result["positions"]]
+    width = max(2.6, 0.42 * len(positions) + 0.8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1, 3.4), squeeze=False)
+    for index, (ax, (title, grid)) in enumerate(zip(axes[0], panels)):
         image = ax.imshow(grid, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        for layer, row in enumerate(grid):
+            for position, value in enumerate(row):
+                ax.text(position, layer, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center",
+                        fontsize=5.5, color="white" if value < 0.6 else "black")
         ax.set_title(title, fontsize=8)
-        ax.set_xticks(range(len(result["positions"])))
-        ax.set_xticklabels([p.replace("thought ", "t") for p in result["positions"]], fontsize=7)
-        ax.set_xlabel("position")
+        ax.set_xticks(range(len(positions)))
+        ax.set_xticklabels(positions, fontsize=7)
         ax.set_yticks(range(len(result["layers"])))
         ax.set_yticklabels(result["layers"], fontsize=7)
-        ax.set_ylabel("layer (0 = embeddings)")
+        ax.set_xlabel("position", fontsize=8)
+        if index == 0:
+            ax.set_ylabel("layer (0 = embeddings)", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    fig.suptitle(f"{result['method']}: {Path(result['model']).name}", fontsize=9)
+    fig.suptitle(f"{result['method']}: {Path(result['model']).name} (held-out accuracy; 1 = every item)", fontsize=9, y=1.06)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
 from dartlm import __version__
-from dartlm.config import Config, from_dict, to_dict
+from dartlm.config import Config, ConfigError, from_dict, to_dict
 from dartlm.data.readers import DataError
 from dartlm.data.sources import load_examples
 from dartlm.methods import get_method
@@ -226,6 +226,26 @@ def write_run_files(config: Config, run: PreparedRun, run_dir: Path) -> None:
     info = {"dartlm_version": __version__, "torch": torch.__version__, "method": run.method.name,
             "thought_token_id": run.thought_id}
     (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def resumable(run_dir: Path, config: Config) -> bool:
+    """Whether run_dir holds a complete checkpoint of exactly this config (a long benchmark run that was killed)."""
+    from dartlm.training.trainer import last_complete_checkpoint
+
+    if not (run_dir / RUN_FILE).is_file() or last_complete_checkpoint(str(run_dir)) is None:
+        return False
+    try:
+        return _training_relevant(load_run_config(run_dir)) == _training_relevant(config)
+    except (RunError, ConfigError, OSError, yaml.YAMLError):
+        return False
+
+
+def _training_relevant(config: Config) -> dict:
+    """The config without the fields that change how often a run saves or reports, not what it trains."""
+    fields = to_dict(config)
+    for key in ("save_steps", "save_total_limit", "logging_steps", "progress_bar"):
+        fields["training"].pop(key, None)
+    return fields
 
 
 def load_run_config(run_dir: Path) -> Config:
