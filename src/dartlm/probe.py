@@ -102,7 +102,7 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
             for a in answers]
     thoughts = spec.num_thought_tokens if spec.decode in ("answer", "latent") else 0
     labels = [f"thought {k + 1}" for k in range(thoughts)] + ["z_N"]
-    chunks, valid, skipped = [], [], {}
+    chunks, skipped = [], {}
     prompts = prompt_ids(questions, tokenizer, spec)
     if spec.decode == "cot":  # z_N after the model's own chain: decode it, then re-encode the chain
         prompts, kept = [], []
@@ -137,8 +137,7 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
             separator = len(segment_example(Example("", (), ""), tokenizer, fmt).separator)
             first = width - separator - thoughts
             chunks.append(_stack(step.hidden_states, list(range(first, first + thoughts)) + [width - 1]))
-    valid = kept
-    return States(labels, torch.cat(chunks), valid, gold, skipped)
+    return States(labels, torch.cat(chunks), kept, gold, skipped)
 
 
 @torch.no_grad()
