@@ -13,7 +13,7 @@ KV cache. Training and decoding use the same `SequenceRunner`, with or without t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,14 +30,20 @@ def thought_projection(hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
 
 
-def run_thoughts(runner: SequenceRunner, step: Step, count: int, projection: nn.Module | None = None) -> Step:
-    """Feed `count` continuous thoughts after `step` (which must carry hidden states); returns the last step."""
+def run_thoughts(runner: SequenceRunner, step: Step, count: int, projection: nn.Module | None = None,
+                 on_thought: Callable[[Step], None] | None = None) -> Step:
+    """Feed `count` continuous thoughts after `step` (which must carry hidden states); returns the last step.
+
+    on_thought, when given, sees the step of each thought as it is fed (its states at the thought's position).
+    """
     dtype = runner.embed.weight.dtype
     for _ in range(count):
         thought = step.last_hidden  # (B, n)
         if projection is not None:
             thought = projection(thought.to(next(projection.parameters()).dtype))
         step = runner.feed(thought[:, None].to(dtype), hidden_states=True)
+        if on_thought is not None:
+            on_thought(step)
     return step
 
 

@@ -26,10 +26,11 @@ import torch
 
 from dartlm.config import ConfigError
 from dartlm.data.example import Example
-from dartlm.data.layout import PromptFormat, segment_example
+from dartlm.data.layout import PromptFormat, segment_example, separator_ids
 from dartlm.decoding import SequenceRunner
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.generate import generate, latent_suffix_ids, left_padded, prompt_ids
+from dartlm.latent import run_thoughts
 from dartlm.model.export import PromptSpec
 
 _RESULT = re.compile(r"<<[^<>=]*=\s*([^<>]+?)\s*>>")
@@ -103,7 +104,7 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
     thoughts = spec.num_thought_tokens if spec.decode in ("answer", "latent") else 0
     labels = [f"thought {k + 1}" for k in range(thoughts)] + ["z_N"]
     chunks, skipped = [], {}
-    prompts = prompt_ids(questions, tokenizer, spec)
+    separator = len(separator_ids(tokenizer, fmt))
     if spec.decode == "cot":  # z_N after the model's own chain: decode it, then re-encode the chain
         prompts, kept = [], []
         for question, generation in zip(questions, generate(model, tokenizer, spec, questions,
@@ -114,7 +115,7 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
             prompts.append(seg.prefix + seg.question + seg.cot + seg.separator)
         skipped["no separator in the model's chain"] = kept.count(False)
     else:
-        kept = [True] * len(questions)
+        prompts, kept = prompt_ids(questions, tokenizer, spec), [True] * len(questions)
     for start in range(0, len(prompts), batch_size):
         batch = left_padded(prompts[start : start + batch_size], tokenizer.pad_token_id)
         runner = SequenceRunner(model)
@@ -122,19 +123,13 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
         width = batch["input_ids"].shape[1]
         if spec.decode == "latent":
             parts = []
-            projection = getattr(model, "latent_projection", None)
-            for _ in range(thoughts):
-                thought = step.last_hidden
-                if projection is not None:
-                    thought = projection(thought.to(next(projection.parameters()).dtype))
-                step = runner.feed(thought[:, None].to(runner.embed.weight.dtype), hidden_states=True)
-                parts.append(_stack(step.hidden_states, [0]))
+            run_thoughts(runner, step, thoughts, getattr(model, "latent_projection", None),
+                         on_thought=lambda s: parts.append(_stack(s.hidden_states, [0])))
             suffix = torch.tensor([latent_suffix_ids(tokenizer, spec)] * batch["input_ids"].shape[0])
             step = runner.feed_ids(suffix, hidden_states=True)
             parts.append(_stack(step.hidden_states, [suffix.shape[1] - 1]))
             chunks.append(torch.cat(parts, dim=2))
         else:
-            separator = len(segment_example(Example("", (), ""), tokenizer, fmt).separator)
             first = width - separator - thoughts
             chunks.append(_stack(step.hidden_states, list(range(first, first + thoughts)) + [width - 1]))
     return States(labels, torch.cat(chunks), kept, gold, skipped)

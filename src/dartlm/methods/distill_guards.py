@@ -29,7 +29,8 @@ def distill_weight_at(weight: float, progress: float, start: float, ramp: float)
     return weight * min(1.0, (progress - start) / ramp)
 
 
-def _is_sharded(param: torch.Tensor) -> bool:
+def is_sharded(param: torch.Tensor) -> bool:
+    """A weight FSDP2 keeps sharded across ranks (a DTensor)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # a torch built without distributed support
@@ -47,7 +48,7 @@ def routed(loss: torch.Tensor, params: Sequence[torch.nn.Parameter]) -> torch.Te
     if not params:
         raise ValueError("method.distill_grad=student: the model has no student-only weights to route L_distill "
                          "into (DART needs rem.enabled: true)")
-    if any(_is_sharded(p) for p in params):
+    if any(is_sharded(p) for p in params):
         raise ValueError("method.distill_grad=student is not supported with sharded weights (FSDP): its stand-in "
                          "gradient is taken with respect to the weights, which FSDP keeps sharded outside each "
                          "layer's forward and backward; use data parallelism (DDP) or distill_grad=all")

@@ -195,16 +195,17 @@ class RemFusedQKV(nn.Module):
         self.placement = settings.placement
         self.layout = layout
         self.features = features
-        kv = len(layout.key_columns)
         if self.placement == "input":
             self.rem_k = LowRankResidual(features, settings.rank, settings.scaling)
             self.rem_v = LowRankResidual(features, settings.rank, settings.scaling)
         else:
-            self.rem_k = LowRankDelta(features, kv, settings.rank, settings.scaling)
+            self.rem_k = LowRankDelta(features, len(layout.key_columns), settings.rank, settings.scaling)
             self.rem_v = LowRankDelta(features, len(layout.value_columns), settings.rank, settings.scaling)
-        # Not saved: they follow from the layout, which follows from the architecture.
-        self.register_buffer("key_index", torch.tensor(layout.key_columns), persistent=False)
-        self.register_buffer("value_index", torch.tensor(layout.value_columns), persistent=False)
+        # Not saved: they follow from the layout, which follows from the architecture. On the projection's device,
+        # as the model may already be on a GPU when REM goes in.
+        device = next(proj.parameters()).device
+        self.register_buffer("key_index", torch.tensor(layout.key_columns, device=device), persistent=False)
+        self.register_buffer("value_index", torch.tensor(layout.value_columns, device=device), persistent=False)
         self.rem_enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
 
 from dartlm.methods.base import Method
+from dartlm.methods.distill_guards import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a weight FSDP2 keeps sharded (a DTensor; a collective: every rank must call it)."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    """The whole tensor of a sharded weight (a collective: every rank must call it)."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,7 +54,7 @@ def load_trainable_state(model: torch.nn.Module, path: str) -> None:
     with torch.no_grad():
         for name, tensor in saved.items():
             param = params[name]
-            if hasattr(param, "device_mesh"):  # FSDP2: keep this rank's shard of the whole tensor
+            if is_sharded(param):  # FSDP2: keep this rank's shard of the whole tensor
                 from torch.distributed.tensor import distribute_tensor
 
                 tensor = distribute_tensor(tensor.to(param.dtype), param.device_mesh, param.placements)
