@@ -32,14 +32,22 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(t
 
     run_dir = tmp_path / "killed"
     command = [sys.executable, "-m", "dartlm.cli", "train", "tiny/dart", *overrides, "--output-dir", str(run_dir)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoint-10").exists():  # wait until training is under way
-        assert process.poll() is None and time.time() < deadline, "training ended before the kill"
-        time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 1.5))  # anywhere after the first checkpoint, even mid-save
+    # The kill point is counted in training progress, not wall time: on a fast machine the whole run takes about a
+    # second, so a random sleep could outlast it. The run logs every 10 steps, right before it saves a checkpoint;
+    # killing a random short while after the k-th log line lands anywhere from step 10 to 100 of 120, often mid-save.
+    kill_after_log = random.Random().randint(1, 10)
+    process = subprocess.Popen(command, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    logs_seen = 0
+    for line in process.stdout:
+        logs_seen += line.startswith("{'loss'")
+        if logs_seen == kill_after_log:
+            break
+    assert logs_seen == kill_after_log, "training ended before the kill"
+    time.sleep(random.Random().uniform(0.0, 0.05))
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
+    process.stdout.close()
     assert not (run_dir / TRAINABLE_WEIGHTS).exists(), "the run finished before the kill: the test proved nothing"
 
     resumed = subprocess.run(command + ["--resume"], env=ENV, capture_output=True, text=True, timeout=600)
