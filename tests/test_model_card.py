@@ -40,7 +40,7 @@ def run_snippet(code: str, folder, question: str) -> str:
     return result.stdout.splitlines()[-1] if result.stdout.strip() else ""
 
 
-@pytest.mark.parametrize("method", ["dart", "cot", "nocot", "pause", "coconut", "codi"])
+@pytest.mark.parametrize("method", ["dart", "cot", "nocot", "pause", "coconut", "codi", "quiet-star"])
 def test_the_cards_snippet_answers_as_dartlm_does(method, tmp_path, train_file):
     config = load_config(f"tiny/{method}", [f"data.train_path={train_file}", "training.max_steps=4",
                                             "training.batch_size=8", "training.logging_steps=1"])

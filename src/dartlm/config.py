@@ -84,6 +84,22 @@ class MethodConfig:
     coconut_thoughts_per_step: int = 2
     coconut_max_stages: int = 3
     coconut_epochs_per_stage: float = 3.0
+    # Quiet-STaR (Zelikman et al. 2024; methods/quiet_star.py). The defaults are its public training script's.
+    quiet_n_ahead: int = 12  # thought length, start and end of thought included: n_ahead - 2 thought tokens
+    quiet_n_talk: int = 4  # true tokens predicted from each thought (teacher-forced after it)
+    quiet_passes: int = 2  # thoughts sampled per position (the sequence repeated); their mean reward is the baseline
+    quiet_policy_weight: float = 1.0e6  # REINFORCE's weight against the NLL
+    quiet_sample_temperature: float = 1.0
+    quiet_reinforce_temperature: float = 3.0  # log pi of a thought token is taken from logits / this
+    quiet_embedding_scale: float = 100.0  # start/end-of-thought embeddings are stored / this (a larger step size)
+    quiet_clamp_negative_reward: bool = True
+    quiet_loss_on: str = "all"  # all: every next token of the text (Quiet-STaR) | answer: the answer only (ours)
+    # Fast Quiet-STaR (Huang et al. 2025): [n_ahead, n_talk] per stage, each an equal share of the training steps.
+    fqs_stages: list[list[int]] = field(default_factory=lambda: [[16, 8], [12, 4], [8, 4]])
+    # Fast Quiet-STaR NTP: the exported thinking teacher, the policy weight, and (ours) a plain NLL term.
+    ntp_teacher: str = ""
+    ntp_policy_weight: float = 1.0e6
+    ntp_nll_weight: float = 0.0
 
 
 @dataclass
@@ -159,6 +175,17 @@ class Config:
                               "and method.icot_smoothing >= 0")
         if m.coconut_thoughts_per_step < 1 or m.coconut_max_stages < 1:
             raise ConfigError(f"{where}: method.coconut_thoughts_per_step and method.coconut_max_stages must be >= 1")
+        if m.quiet_n_ahead < 2 or m.quiet_n_talk < 1 or m.quiet_passes < 1:
+            raise ConfigError(f"{where}: method.quiet_n_ahead must be >= 2 (start and end of thought), "
+                              "method.quiet_n_talk and method.quiet_passes >= 1")
+        if m.quiet_loss_on not in ("all", "answer"):
+            raise ConfigError(f"{where}: method.quiet_loss_on must be all or answer, got {m.quiet_loss_on!r}")
+        if not m.fqs_stages or any(len(s) != 2 or s[0] < 2 or s[1] < 1 for s in m.fqs_stages):
+            raise ConfigError(f"{where}: method.fqs_stages must be a non-empty list of [n_ahead >= 2, n_talk >= 1], "
+                              f"got {m.fqs_stages!r}")
+        if m.name == "fqs-ntp" and not m.ntp_teacher:
+            raise ConfigError(f"{where}: method.ntp_teacher: fqs-ntp learns from an exported quiet-star or "
+                              "fast-quiet-star model; give its folder")
         from dartlm.methods import METHODS  # late: methods import this module
 
         if self.method.name not in METHODS:

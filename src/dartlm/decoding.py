@@ -8,7 +8,7 @@ reference the cached path is tested against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,7 @@ import torch
 class Decoded:
     tokens: list[list[int]]  # per row, the generated ids up to and excluding eos
     forward_passes: int  # model calls: prompt chunks (prefill, thoughts, ...) + one per further token
+    thought_tokens: list[int] = field(default_factory=list)  # per row, tokens thought and dropped (Quiet-STaR)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -53,6 +54,22 @@ class SequenceRunner:
         self.mask: torch.Tensor | None = None
         self.embeds: torch.Tensor | None = None  # everything fed so far (no-cache mode only)
         self.passes = 0
+
+    @property
+    def length(self) -> int:
+        """Columns fed so far (padding included)."""
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def rewind(self, length: int) -> None:
+        """Forget everything fed after the first `length` columns (a thought that has been used)."""
+        drop = self.length - length
+        if drop <= 0:
+            return
+        self.mask = self.mask[:, :length]
+        if self.use_cache:
+            self.cache.crop(-drop)
+        else:
+            self.embeds = self.embeds[:, :length]
 
     def feed_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  hidden_states: bool = False) -> Step:

@@ -13,7 +13,8 @@ from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, build_pathway, pad_pathways, segment_example
 from dartlm.decoding import SequenceRunner, greedy_continue, greedy_decode
 from dartlm.latent import run_thoughts, thought_projection
-from dartlm.model.export import PROJECTION_FILE, PromptSpec
+from dartlm.model.export import PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
+from dartlm.quiet import QuietHead, quiet_decode
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Generation:
     answer: str  # the text after the separator (decode "cot"), or all of it (decode "answer")
     cot: str = ""  # the chain of thought, for decode "cot"
     num_tokens: int = 0  # tokens generated, eos excluded
+    thought_tokens: int = 0  # tokens thought and dropped on the way (Quiet-STaR)
 
 
 def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -29,14 +31,23 @@ def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
     spec = PromptSpec.load(Path(folder))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    hidden = model.get_input_embeddings().weight.shape[1]
+    # CODI's thought projection and Quiet-STaR's head are not part of the architecture; they travel beside it.
     if spec.projection:
-        # CODI's thought projection is not part of the architecture; it travels beside the weights.
-        from safetensors.torch import load_file
-
-        projection = thought_projection(model.get_input_embeddings().weight.shape[1])
-        projection.load_state_dict(load_file(str(Path(folder) / PROJECTION_FILE)))
-        model.latent_projection = projection.to(device=device, dtype=dtype).eval()
+        model.latent_projection = _side_module(thought_projection(hidden), folder, PROJECTION_FILE, device, dtype)
+    if spec.decode == "quiet":
+        model.quiet_head = _side_module(QuietHead(hidden), folder, QUIET_HEAD_FILE, device, dtype)
     return model, tokenizer, spec
+
+
+def _side_module(module, folder, filename: str, device, dtype):
+    from safetensors.torch import load_file
+
+    path = Path(folder) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the model's prompt spec needs it (was the folder copied whole?)")
+    module.load_state_dict(load_file(str(path)))
+    return module.to(device=device, dtype=dtype).eval()
 
 
 def prompt_ids(questions: Sequence[str], tokenizer, spec: PromptSpec) -> list[tuple[int, ...]]:
@@ -62,11 +73,11 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torc
     return pad_pathways([Pathway(tuple(ids), (PROMPT,) * len(ids), len(ids) - 1) for ids in prompts], pad_id, left=True)
 
 
-def split_generation(text: str, spec: PromptSpec, num_tokens: int = 0) -> Generation:
+def split_generation(text: str, spec: PromptSpec, num_tokens: int = 0, thought_tokens: int = 0) -> Generation:
     if spec.decode != "cot":
-        return Generation(text.strip(), text.strip(), "", num_tokens)
+        return Generation(text.strip(), text.strip(), "", num_tokens, thought_tokens)
     cot, sep, answer = text.partition(spec.separator)
-    return Generation(text.strip(), answer.strip() if sep else "", cot.strip(), num_tokens)
+    return Generation(text.strip(), answer.strip() if sep else "", cot.strip(), num_tokens, thought_tokens)
 
 
 def latent_suffix_ids(tokenizer, spec: PromptSpec) -> tuple[int, ...]:
@@ -102,6 +113,13 @@ def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequenc
     if spec.decode == "latent":
         decoded = latent_decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
                                 min_new_tokens=min_new_tokens, use_cache=use_cache)
+    elif spec.decode == "quiet":
+        with torch.no_grad():
+            runner = SequenceRunner(model, use_cache=use_cache)
+            step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
+            decoded = quiet_decode(model, runner, step.last_hidden, n_ahead=spec.quiet_n_ahead,
+                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     else:
         decoded = greedy_decode(
             model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
@@ -109,7 +127,9 @@ def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequenc
             use_cache=use_cache,
         )
     texts = tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True)
-    return [split_generation(t, spec, len(ids)) for t, ids in zip(texts, decoded.tokens)], decoded.forward_passes
+    thoughts = decoded.thought_tokens or [0] * len(texts)
+    return ([split_generation(t, spec, len(ids), n) for t, ids, n in zip(texts, decoded.tokens, thoughts)],
+            decoded.forward_passes)
 
 
 def generate(model, tokenizer, spec: PromptSpec, questions: Sequence[str], *, max_new_tokens: int | None = None,

@@ -46,6 +46,10 @@ def prompt_text(question: str, spec: PromptSpec) -> str:
         raise PromptNotExpressibleError(
             f"a {spec.method} model thinks in continuous thoughts (hidden states fed back as inputs), which no text "
             "prompt can express; evaluate it with `dartlm eval`")
+    if spec.decode == "quiet":
+        raise PromptNotExpressibleError(
+            f"a {spec.method} model thinks before every answer token through its mixing head, which lm-eval's "
+            "plain generation does not run; evaluate it with `dartlm eval`")
     if spec.decode == "cot":
         return question
     fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)

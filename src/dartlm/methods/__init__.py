@@ -8,6 +8,7 @@ from dartlm.methods.coconut import CoconutMethod
 from dartlm.methods.codi import CodiMethod
 from dartlm.methods.dart import DartMethod
 from dartlm.methods.icot import IcotMethod
+from dartlm.methods.quiet_star import FastQuietStarMethod, FqsNtpMethod, QuietStarMethod
 from dartlm.methods.sft import CotMethod, NoCotMethod, PauseMethod
 
 METHODS: dict[str, type[Method]] = {
@@ -18,6 +19,9 @@ METHODS: dict[str, type[Method]] = {
     "icot": IcotMethod,
     "coconut": CoconutMethod,
     "codi": CodiMethod,
+    "quiet-star": QuietStarMethod,
+    "fast-quiet-star": FastQuietStarMethod,
+    "fqs-ntp": FqsNtpMethod,
 }
 
 

@@ -46,8 +46,9 @@ class Method:
         """Tokens added to the vocabulary for this method."""
         return (self.thought_token,) if self.thought_token else ()
 
-    def extend_model(self, model: nn.Module) -> None:
-        """Add modules of the method's own (CODI's projection) to the prepared model; most methods add none."""
+    def extend_model(self, model: nn.Module, tokenizer=None) -> None:
+        """Add modules of the method's own (CODI's projection, Quiet-STaR's head) to the prepared model; most methods
+        add none."""
 
     def set_progress(self, epoch: float, step: int, total_steps: int = 0) -> None:
         self.epoch, self.step, self.total_steps = epoch, step, total_steps
@@ -61,8 +62,8 @@ class Method:
         """Trainable weights that only the student pathway uses (where `distill_grad: student` routes L_distill)."""
         return []
 
-    def schedule_key(self, epoch: float):
-        """The curriculum's stage at `epoch` (None: no curriculum)."""
+    def schedule_key(self, epoch: float, step: int | None = None):
+        """The curriculum's stage at `epoch` (optimizer step `step`) (None: no curriculum)."""
         return None
 
     def encode(self, example: Example, tokenizer, thought_id: int | None) -> Any:

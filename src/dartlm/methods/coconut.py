@@ -87,7 +87,7 @@ class CoconutMethod(LatentMethod):
     def stage(self, epoch: float) -> int:
         return min(int(epoch // self.config.coconut_epochs_per_stage), self.config.coconut_max_stages)
 
-    def schedule_key(self, epoch):
+    def schedule_key(self, epoch, step=None):
         return self.stage(epoch)
 
     def inference_thoughts(self) -> int:

@@ -37,7 +37,7 @@ class CodiMethod(LatentMethod):
         """The thought projection: the only weights that the teacher (plain CoT) never runs."""
         return [p for p in getattr(model, PROJECTION_ATTRIBUTE).parameters() if p.requires_grad]
 
-    def extend_model(self, model):
+    def extend_model(self, model, tokenizer=None):
         projection = thought_projection(hidden_size(model)).to(next(model.parameters()).device)
         model.add_module(PROJECTION_ATTRIBUTE, projection)  # trains and is saved with the adapters
 

@@ -39,7 +39,7 @@ class IcotMethod(Method):
         threshold = self.config.icot_remove_all_after
         return -1 if 0 <= threshold <= count else count
 
-    def schedule_key(self, epoch):
+    def schedule_key(self, epoch, step=None):
         return self.scheduled(epoch)
 
     def removed(self, cot_length: int, rng: random.Random) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from dartlm.data.layout import PromptFormat, bos_prefix, separator_ids
-from dartlm.model.export import PROJECTION_FILE, PromptSpec
+from dartlm.model.export import PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
 
 CARD_FILE = "README.md"
 
@@ -129,6 +129,36 @@ def snippet(spec: PromptSpec, tokenizer, question: str) -> str:
             "        inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)",
             "print(tokenizer.decode(answer, skip_special_tokens=True).strip())",
         ]
+    elif spec.decode == "quiet":
+        lines += [
+            "from safetensors.torch import load_file",
+            f"head = load_file({QUIET_HEAD_FILE!r})  # the mixing head and the start/end-of-thought embeddings",
+            "n = model.config.hidden_size",
+            "mixer = torch.nn.Sequential(torch.nn.Linear(2 * n, n), torch.nn.ReLU(), torch.nn.Linear(n, n),",
+            "                            torch.nn.ReLU(), torch.nn.Linear(n, 1))",
+            'mixer.load_state_dict({k[len("mixer."):]: v for k, v in head.items() if k.startswith("mixer.")})',
+            'start, end = (head["meta"] * head["embedding_scale"])[:, None, None]  # (1, 1, n) each',
+            "embed = model.get_input_embeddings()",
+            f"ids = {bos}encode(question) + encode({separator})",
+            "with torch.no_grad():",
+            "    inputs = embed(torch.tensor([ids]))",
+            "    answer = []",
+            "    for _ in range(32):  # greedy; a thought before every answer token",
+            "        h_base = model(inputs_embeds=inputs, output_hidden_states=True).hidden_states[-1][:, -1]",
+            "        thought = torch.cat([inputs, start], dim=1)",
+            f"        for _ in range({spec.quiet_n_ahead - 2}):  # the thought's tokens, greedy",
+            "            token = model(inputs_embeds=thought).logits[:, -1].argmax(-1)",
+            "            thought = torch.cat([thought, embed(token[:, None])], dim=1)",
+            "        thought = torch.cat([thought, end], dim=1)",
+            "        h_post = model(inputs_embeds=thought, output_hidden_states=True).hidden_states[-1][:, -1]",
+            "        w = mixer(torch.cat([h_base, h_post], dim=-1))",
+            "        token = model.get_output_embeddings()((1 - w) * h_base + w * h_post)[0].argmax().item()",
+            "        if token == tokenizer.eos_token_id:",
+            "            break",
+            "        answer.append(token)  # the thought is dropped; the token is kept",
+            "        inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)",
+            "print(tokenizer.decode(answer, skip_special_tokens=True).strip())",
+        ]
     else:
         raise ValueError(f"unknown decode mode {spec.decode!r}")
     return "\n".join(lines)
@@ -145,6 +175,11 @@ def prompt_description(spec: PromptSpec, tokenizer) -> str:
         layout = f"{bos}question + {sep}, then the answer"
     elif spec.decode == "cot":
         layout = f"{bos}question, then the model writes its reasoning, {sep} and the answer"
+    elif spec.decode == "quiet":
+        layout = (f"{bos}question + {sep}, then the answer, thinking before each answer token: a start-of-thought "
+                  f"embedding, {spec.quiet_n_ahead - 2} greedy thought tokens and an end-of-thought embedding, whose "
+                  f"state the mixing head of `{QUIET_HEAD_FILE}` mixes with the thought-free one (the thought is "
+                  "then dropped)")
     else:
         start, end = spec.latent_markers
         layout = (f"{bos}question + `{start}`, {spec.num_thought_tokens} continuous thoughts, `{end}` + {sep}, "

@@ -20,6 +20,9 @@ from dartlm.model.rem import merge_rem, rem_wrappers
 
 PROMPT_FILE = "dartlm_prompt.json"
 PROJECTION_FILE = "latent_projection.safetensors"
+QUIET_HEAD_FILE = "quiet_head.safetensors"
+# Modules of a method's own that are not part of the base architecture: written beside the merged model.
+SIDE_MODULES = {"latent_projection": PROJECTION_FILE, "quiet_head": QUIET_HEAD_FILE}
 
 
 class MergeMismatchError(RuntimeError):
@@ -34,6 +37,8 @@ class PromptSpec:
     decode "cot": ids([bos] + Q), then the model writes the CoT, the separator and the answer.
     decode "latent": ids([bos] + Q) + <bot>, C continuous thoughts (through `latent_projection.safetensors` when
     `projection`), then ids(<eot>) + ids(joiner + separator), then the answer.
+    decode "quiet": the "answer" prompt without thought tokens; a thought of quiet_n_ahead tokens before each
+    answer token, mixed in by the head saved in `quiet_head.safetensors` (Quiet-STaR).
     """
 
     method: str
@@ -44,6 +49,7 @@ class PromptSpec:
     decode: str = "answer"  # "answer": prompt ends with the separator; "cot": the model writes CoT first
     latent_markers: tuple[str, str] | None = None  # (<bot>, <eot>) for decode "latent"
     projection: bool = False  # continuous thoughts pass through the saved projection (CODI)
+    quiet_n_ahead: int = 0  # decode "quiet": thought length before each token, start and end included
     format_version: int = 1
 
     def save(self, folder: Path) -> None:

@@ -37,5 +37,5 @@ def prepare_model(base: nn.Module, tokenizer, config: Config, method: Method) ->
     if lora is None:
         for param in model.parameters():
             param.requires_grad_(True)
-    method.extend_model(model)
+    method.extend_model(model, tokenizer)
     return model, thought_id

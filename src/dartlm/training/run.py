@@ -287,7 +287,9 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype), with its model
     card (README.md; `results`: `dartlm eval` summaries to put in it)."""
     from dartlm.generate import left_padded, prompt_ids
-    from dartlm.model.export import DEFAULT_TOLERANCE, export_model
+    from safetensors.torch import save_file
+
+    from dartlm.model.export import DEFAULT_TOLERANCE, SIDE_MODULES, export_model
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
@@ -296,18 +298,15 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     run = load_trained(run_dir, checkpoint, dtype="float32")
     spec = run.method.prompt_spec()
     probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
-    projection = getattr(run.model, "latent_projection", None)  # CODI's: saved on its own, not in the plain model
-    if projection is not None:
-        del run.model.latent_projection
+    # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.
+    side = {name: getattr(run.model, name) for name in SIDE_MODULES if hasattr(run.model, name)}
+    for name in side:
+        delattr(run.model, name)
     check = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
-                              log=log)
-    if spec.projection:
-        from safetensors.torch import save_file
-
-        from dartlm.model.export import PROJECTION_FILE
-
-        state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in projection.state_dict().items()}
-        save_file(state, str(out_dir / PROJECTION_FILE))
+                         log=log)
+    for name, module in side.items():
+        state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(out_dir / SIDE_MODULES[name]))
     write_run_card(run_dir, out_dir, check=check, results=results)
     return check
 

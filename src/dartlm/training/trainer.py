@@ -106,7 +106,7 @@ class MethodTrainer(Trainer):
         epoch = self.epochs_done(step)
         self.method.set_progress(epoch, step, self.state.max_steps)
         if self.method.curriculum and step > 0 and self._reset_step != step and \
-                self.method.schedule_key(epoch) != self.method.schedule_key(self.epochs_done(step - 1)):
+                self.method.schedule_key(epoch, step) != self.method.schedule_key(self.epochs_done(step - 1), step - 1):
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # Accelerate wraps it
             optimizer.state.clear()
             self._reset_step = step
