@@ -32,12 +32,11 @@ def trained_head(hidden: int, seed: int = 0) -> QuietHead:
     return head.eval()
 
 
-def batch_of(tokenizer, texts):
+def batch_of(tokenizer, texts, left: bool = False):
     rows = [tokenizer(t)["input_ids"][:10] for t in texts]
     width = max(map(len, rows))
-    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    return ids, mask
+    pad = lambda row, value: [value] * (width - len(row)) + row if left else row + [value] * (width - len(row))  # noqa: E731
+    return torch.tensor([pad(r, 0) for r in rows]), torch.tensor([pad([1] * len(r), 0) for r in rows])
 
 
 def one_position(model, head, ids: list[int], n_ahead: int, n_talk_ids: list[int]):
@@ -57,12 +56,13 @@ def one_position(model, head, ids: list[int], n_ahead: int, n_talk_ids: list[int
     return thought, states
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_parallel_thoughts_equal_each_positions_own_thought(family, use_cache, tokenizer):
+@pytest.mark.parametrize("family, use_cache, left", [("llama", True, False), ("llama", False, False),
+                                                    ("llama", True, True), ("gpt2", True, False),
+                                                    ("gpt2", False, True)])
+def test_parallel_thoughts_equal_each_positions_own_thought(family, use_cache, left, tokenizer):
     model = make_model(family, len(tokenizer))
     head = trained_head(model.config.hidden_size)
-    ids, mask = batch_of(tokenizer, ["Tom has 12 apples and buys 30 more.", "What is 3 + 4?"])
+    ids, mask = batch_of(tokenizer, ["Tom has 12 apples and buys 30 more.", "What is 3 + 4?"], left=left)
     n_ahead, n_talk = 5, 3
     with torch.no_grad():
         parallel = think_in_parallel(model, head, ids, mask, n_ahead=n_ahead, n_talk=n_talk, sample=False,
@@ -72,17 +72,29 @@ def test_parallel_thoughts_equal_each_positions_own_thought(family, use_cache, t
     assert parallel.passes == n_ahead
     checked = 0
     for row in range(2):
-        length = int(mask[row].sum())
-        for t in range(length):
+        first = int(mask[row].argmax())  # the first real token (left padding before it)
+        for t in range(first, first + int(mask[row].sum())):
             talk = [int(x) for x in ids[row, t + 1 : t + n_talk]]
-            if len(talk) < n_talk - 1:
-                continue  # no true tokens to teacher-force at the end: only the thought itself is compared
+            if len(talk) < n_talk - 1 or not mask[row, t + 1 : t + n_talk].all():
+                continue  # no true tokens to teacher-force at the end
             with torch.no_grad():
-                thought, states = one_position(model, head, ids[row, : t + 1].tolist(), n_ahead, talk)
+                thought, states = one_position(model, head, ids[row, first : t + 1].tolist(), n_ahead, talk)
             assert parallel.thought_ids[row, t].tolist() == thought, (row, t)
             torch.testing.assert_close(parallel.post_hidden[row, t], states, atol=2e-5, rtol=1e-4)
             checked += 1
     assert checked >= 10
+
+
+def test_thinking_at_some_positions_gives_their_thoughts_of_thinking_everywhere(tokenizer):
+    model = make_model("llama", len(tokenizer))
+    head = trained_head(model.config.hidden_size)
+    ids, mask = batch_of(tokenizer, ["Tom has 12 apples and buys 30 more.", "What is 3 + 4?"])
+    at = torch.tensor([2, 5, ids.shape[1] - 1])
+    with torch.no_grad():
+        everywhere = think_in_parallel(model, head, ids, mask, n_ahead=4, n_talk=3, sample=False)
+        some = think_in_parallel(model, head, ids, mask, n_ahead=4, n_talk=3, sample=False, at=at)
+    assert torch.equal(some.thought_ids, everywhere.thought_ids[:, at])
+    torch.testing.assert_close(some.post_hidden, everywhere.post_hidden[:, at], atol=2e-5, rtol=1e-4)
 
 
 def test_the_mask_lets_an_appended_token_see_its_prefix_and_its_own_thought_only():
@@ -182,9 +194,10 @@ def test_each_fast_quiet_star_stage_starts_a_fresh_optimizer_from_the_previous_w
     assert lengths == [5.0] * 3 + [4.0] * 3 + [3.0] * 3
 
 
-def test_quiet_star_trains_exports_and_thinks_before_every_answer_token(tmp_path, train_file):
+@pytest.mark.parametrize("loss_on", ["all", "answer"])
+def test_quiet_star_trains_exports_and_thinks_before_every_answer_token(loss_on, tmp_path, train_file):
     config = load_config("tiny/quiet-star", [f"data.train_path={train_file}", "training.max_steps=3",
-                                             "training.logging_steps=1"])
+                                             "training.logging_steps=1", f"method.quiet_loss_on={loss_on}"])
     trainer = train(config, tmp_path / "run")
     terms = [e for e in trainer.state.log_history if "loss_policy" in e]
     assert terms and all(k in terms[0] for k in ("loss_nll", "nll_base", "nll_mixed", "mix_weight"))
@@ -242,7 +255,7 @@ def test_fqs_ntp_exports_a_plain_model_that_answers_without_thought_tokens(tmp_p
 
 def test_fqs_ntp_needs_a_teacher_and_the_quiet_settings_are_checked():
     with pytest.raises(ConfigError, match="ntp_teacher"):
-        load_config("tiny/fqs-ntp")
+        get_method(load_config("tiny/fqs-ntp", ["method.ntp_teacher="]).method)
     with pytest.raises(ConfigError, match="quiet_n_ahead"):
         load_config("tiny/quiet-star", ["method.quiet_n_ahead=1"])
     with pytest.raises(ConfigError, match="fqs_stages"):

@@ -28,7 +28,10 @@ class Variant:
     method: str
     overrides: dict = field(default_factory=dict)  # "section.key" -> value, on top of the demo's config
     paper: str = ""  # what it corresponds to in the DART paper
+    teacher: str = ""  # the variant whose exported model of the same seed this one learns from (FQS-NTP)
 
+
+QUIET = {"method.quiet_policy_weight": 1.0, "method.quiet_passes": 2, "method.quiet_loss_on": "answer"}
 
 # The demo trains 4 epochs (500 steps of 32 on 4,000 problems) on 3-step problems (2 CoT steps after the last is
 # dropped); the curricula are scaled to that: iCoT removes 8 tokens per epoch (its default; a CoT is ~13 tokens),
@@ -57,6 +60,23 @@ VARIANTS = {v.label: v for v in (
                                              "method.distill_ramp": 0.25}, paper="ours: both guards"),
     Variant("codi-student", "codi", {"method.num_thought_tokens": 6, "method.distill_grad": "student"},
             paper="ours: CODI, L_distill into the projection only"),
+    # The token-level-thought family, scaled to the demo (the sources: thoughts of 12 tokens, 16 -> 12 -> 8 for
+    # Fast Quiet-STaR, 4 talk tokens; here 6, and 8 -> 6 -> 4, as the answers are 2-3 tokens long). The policy
+    # weight is 1, not the sources' 1e6: with Adam at lr 1e-2 a weight of 1e6 leaves the NLL no say in the shared
+    # LoRA weights. The loss counts the answer only (as No-CoT's), so only the answer positions think in training,
+    # where inference thinks: thoughts at all ~100 positions of a question cost 24x a No-CoT step. Fast
+    # Quiet-STaR NTP learns from the Fast Quiet-STaR model of its seed.
+    Variant("quiet-star", "quiet-star", {**QUIET, "method.quiet_n_ahead": 6, "method.quiet_n_talk": 2},
+            paper="Quiet-STaR (Zelikman et al. 2024)"),
+    Variant("quiet-star-w1e6", "quiet-star", {**QUIET, "method.quiet_n_ahead": 6, "method.quiet_n_talk": 2,
+                                              "method.quiet_policy_weight": 1.0e6},
+            paper="Quiet-STaR with the sources' policy weight 1e6 (chosen against on validation)"),
+    Variant("fast-quiet-star", "fast-quiet-star", {**QUIET, "method.fqs_stages": [[8, 3], [6, 2], [4, 2]]},
+            paper="Fast Quiet-STaR (Huang et al. 2025)"),
+    Variant("fqs-ntp", "fqs-ntp", {**QUIET, "method.ntp_policy_weight": 1.0}, teacher="fast-quiet-star",
+            paper="Fast Quiet-STaR NTP, as written"),
+    Variant("fqs-ntp-nll", "fqs-ntp", {**QUIET, "method.ntp_policy_weight": 1.0, "method.ntp_nll_weight": 1.0},
+            teacher="fast-quiet-star", paper="ours: FQS-NTP with the plain NLL added"),
 )}
 GROUPS = {
     "table1": ["nocot", "cot", "pause", "dart", "icot", "coconut", "codi"],
@@ -65,18 +85,22 @@ GROUPS = {
     "demo": ["nocot", "cot", "pause", "dart"],
     "guards": ["dart", "dart-no-distill", "dart-student", "dart-delayed", "dart-student-delayed"],
     "regime": ["nocot", "cot", "pause", "dart", "dart-no-distill", "codi"],
+    "quiet": ["quiet-star", "fast-quiet-star", "fqs-ntp", "fqs-ntp-nll"],
 }
 
 
 def resolve_variants(names: list[str]) -> list[Variant]:
-    """Variant labels and group names (table1, table3, demo) -> variants, in order, without repeats."""
+    """Variant labels and group names (table1, table3, demo) -> variants, in order, without repeats; a variant
+    that learns from another's model brings that one in before it."""
     labels: list[str] = []
     for name in names:
         for label in GROUPS.get(name, [name]):
             if label not in VARIANTS:
                 raise ValueError(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}; groups: {', '.join(GROUPS)}")
-            if label not in labels:
-                labels.append(label)
+            teacher = VARIANTS[label].teacher
+            for needed in ([teacher] if teacher else []) + [label]:
+                if needed not in labels:
+                    labels.append(needed)
     return [VARIANTS[label] for label in labels]
 
 
@@ -102,6 +126,8 @@ def run_job(job: dict) -> dict:
     for key, value in variant.overrides.items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
+    if variant.teacher:
+        config.method.ntp_teacher = str(root / "models" / variant.teacher)
     config.training.progress_bar = False
     config.validate(f"variant {variant.label}")
     started = time.perf_counter()
@@ -148,11 +174,14 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
                          "result_path": str(result_path), "threads": 1 if workers > 1 else 2, "split": split})
     log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
+    # Two waves: the variants that learn from another's exported model run after every other job.
+    waves = [[j for j in jobs if not j["variant"]["teacher"]], [j for j in jobs if j["variant"]["teacher"]]]
     pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext()
     with pool:
-        for result in (pool.map if workers > 1 else map)(run_job, jobs):
-            log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
-                f"(trained in {result['train_s']:.0f} s)")
+        for wave in waves:
+            for result in (pool.map if workers > 1 else map)(run_job, wave):
+                log(f"  seed {result['seed']} {result['label']}: {100 * result['accuracy']:.1f}% "
+                    f"(trained in {result['train_s']:.0f} s)")
     results = {v.label: [json.loads(job_path(out_dir, s, v, split).read_text()) for s in seeds]
                for v in variants}
     latency = measure_latency(variants, out_dir / f"seed-{seeds[0]}", latency_items, log=log)
@@ -178,7 +207,8 @@ def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warm
 
     if items <= 0:  # not timed (e.g. a long run whose timing is left for a quiet machine)
         return {"machine": machine_info("cpu"), "n": 0, "variants": {
-            v.label: {"latency_ms": {"median": None, "n": 0}, "forward_passes": None, "new_tokens": None}
+            v.label: {"latency_ms": {"median": None, "n": 0}, "forward_passes": None, "new_tokens": None,
+                      "thought_tokens": None}
             for v in variants}}
     torch.set_num_threads(2)
     loaded = {v.label: load_exported(seed_dir / "models" / v.label) for v in variants}
@@ -186,6 +216,7 @@ def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warm
     times: dict[str, list[float]] = {v.label: [] for v in variants}
     passes: dict[str, list[int]] = {v.label: [] for v in variants}
     tokens: dict[str, list[int]] = {v.label: [] for v in variants}
+    thoughts: dict[str, list[int]] = {v.label: [] for v in variants}
     labels = [v.label for v in variants]
     log(f"latency: {len(questions)} questions x {len(labels)} variants, batch size 1, interleaved")
     for index, question in enumerate(questions):
@@ -200,9 +231,13 @@ def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warm
             times[label].append(watch["ms"])
             passes[label].append(count)
             tokens[label].append(generations[0].num_tokens)
+            # tokens in the model's context that are not the answer: <st>/<pause> tokens, continuous thoughts,
+            # and Quiet-STaR's thoughts (every one, though each is dropped after its token)
+            thoughts[label].append(generations[0].thought_tokens or spec.num_thought_tokens)
     return {"machine": machine_info("cpu"), "n": len(questions), "variants": {
         label: {"latency_ms": summarize(times[label]), "forward_passes": statistics.fmean(passes[label]),
-                "new_tokens": statistics.fmean(tokens[label])} for label in labels}}
+                "new_tokens": statistics.fmean(tokens[label]), "thought_tokens": statistics.fmean(thoughts[label])}
+        for label in labels}}
 
 
 def answer_variety(scores: Path) -> dict | None:
@@ -244,7 +279,10 @@ def summarize_comparison(variants, results, latency, settings, seeds, out_dir: P
             "latency_items": latency["n"], "machine": latency["machine"], "variants": rows}
 
 
-TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill"), ("teacher_spread", "teacher_spread"))
+TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill"), ("teacher_spread", "teacher_spread"),
+         # Quiet-STaR and FQS-NTP (methods/quiet_star.py)
+         ("loss_nll", "NLL"), ("loss_policy", "policy"), ("improvement", "NLL gain from thoughts"),
+         ("mix_weight", "mixing weight"), ("teacher_nll", "teacher NLL"), ("rewarded", "rewarded share"))
 
 
 def comparison_table(summary: dict) -> str:
@@ -254,24 +292,27 @@ def comparison_table(summary: dict) -> str:
         f"latency: median of {summary['latency_items']} questions at batch size 1, interleaved (seed "
         f"{summary['seeds'][0]}'s models).",
         "",
-        "| variant | paper | accuracy % (mean ± std) | per seed | ms/sample | forward passes | tokens generated |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | paper | accuracy % (mean ± std) | per seed | ms/sample | forward passes | tokens generated | "
+        "thought tokens |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, row in summary["variants"].items():
         seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
-        timed = [row["latency_ms"]["median"], row["forward_passes"], row["new_tokens"]]
+        timed = [row["latency_ms"]["median"], row["forward_passes"], row["new_tokens"], row.get("thought_tokens")]
         cells = " | ".join("not timed" if x is None else f"{x:.1f}" for x in timed)
         lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
                      f"{cells} |")
+    logged = {k for row in summary["variants"].values() for r in row.get("final_terms_per_seed") or [] for k in r}
+    terms = [(k, name) for k, name in TERMS if k in logged] or list(TERMS[:4])
     lines += ["", "Loss terms logged last in training, and the answers given (mean over seeds; – where there are none). "
               "distinct answers: how many different answers the model gave; top answer: the share of its most common "
               "one (a model that answers a few constants has few distinct answers and a large top share).", "",
-              "| variant | loss | " + " | ".join(name for _, name in TERMS) + " | distinct answers | top answer % |",
-              "|---|---|" + "---|" * len(TERMS) + "---|---|"]
+              "| variant | loss | " + " | ".join(name for _, name in terms) + " | distinct answers | top answer % |",
+              "|---|---|" + "---|" * len(terms) + "---|---|"]
     for label, row in summary["variants"].items():
         runs = row.get("final_terms_per_seed") or [{}]
         cells = []
-        for key in ("loss",) + tuple(k for k, _ in TERMS):
+        for key in ("loss",) + tuple(k for k, _ in terms):
             values = [r[key] for r in runs if key in r]
             cells.append(f"{statistics.fmean(values):.4g}" if values else "–")
         variety = [v for v in row.get("answer_variety_per_seed") or [] if v]

@@ -183,9 +183,6 @@ class Config:
         if not m.fqs_stages or any(len(s) != 2 or s[0] < 2 or s[1] < 1 for s in m.fqs_stages):
             raise ConfigError(f"{where}: method.fqs_stages must be a non-empty list of [n_ahead >= 2, n_talk >= 1], "
                               f"got {m.fqs_stages!r}")
-        if m.name == "fqs-ntp" and not m.ntp_teacher:
-            raise ConfigError(f"{where}: method.ntp_teacher: fqs-ntp learns from an exported quiet-star or "
-                              "fast-quiet-star model; give its folder")
         from dartlm.methods import METHODS  # late: methods import this module
 
         if self.method.name not in METHODS:

@@ -90,12 +90,14 @@ def thought_mask(owners_q: torch.Tensor, columns_q: torch.Tensor, owners_k: torc
 
     Every token carries the position it belongs to (owner) and its column (0: the original sequence). A query
     (t, c) sees an original token s when s <= t and s is not padding, and an appended token when it belongs to the
-    same position t and its column is <= c. valid (B, T): the attention mask of the original sequence.
+    same position t and its column is <= c; every token sees itself (so that a left-padding token, which has
+    nothing else to see, gets finite numbers). valid (B, T): the attention mask of the original sequence.
     """
     original = (columns_k == 0)[None, :] & (owners_k[None, :] <= owners_q[:, None])  # (Q, K)
     own = (columns_k > 0)[None, :] & (owners_k[None, :] == owners_q[:, None]) & (columns_k[None, :] <= columns_q[:, None])
     key_valid = valid.bool()[:, owners_k] | (columns_k > 0)[None, :]  # (B, K): padding only among originals
-    allowed = (original | own)[None] & key_valid[:, None, :]
+    itself = (owners_k[None, :] == owners_q[:, None]) & (columns_k[None, :] == columns_q[:, None])
+    allowed = ((original | own)[None] & key_valid[:, None, :]) | itself[None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -103,12 +105,13 @@ def thought_mask(owners_q: torch.Tensor, columns_q: torch.Tensor, owners_k: torc
 class ParallelRunner:
     """Appends columns of tokens to every position of a batch of sequences, each column one forward pass.
 
-    The original sequence (B, T) runs first; `feed(embeds)` then takes (B, T, w, n): w new columns at once, each
-    position's tokens in column order. With `use_cache` each pass reuses the keys and values of the previous ones;
+    The original sequence (B, T) runs first; `feed(embeds)` then takes (B, P, w, n): w new columns at once for
+    each of the P thinking positions `at` (default: all T), each position's tokens in column order. With `use_cache` each pass reuses the keys and values of the previous ones;
     without it the whole sequence so far runs again (the same numbers: the reference the cache is tested against).
     """
 
-    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, use_cache: bool = True):
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, use_cache: bool = True,
+                 at: torch.Tensor | None = None):
         self.model, self.use_cache = model, use_cache
         self.valid = attention_mask
         batch, length = input_ids.shape
@@ -116,6 +119,7 @@ class ParallelRunner:
         self.positions = positions_from_mask(attention_mask)  # (B, T)
         device = input_ids.device
         self.owners = torch.arange(length, device=device)
+        self.at = self.owners if at is None else at.to(device)
         self.columns = torch.zeros(length, dtype=torch.long, device=device)
         self.embeds = model.get_input_embeddings()(input_ids)
         self.cache = None
@@ -145,11 +149,12 @@ class ParallelRunner:
         return out.logits[:, -k:], out.hidden_states[-1][:, -k:]
 
     def feed(self, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """embeds (B, T, w, n): w new columns for every position -> (logits (B, T, w, V), last hidden (B, T, w, n))."""
+        """embeds (B, P, w, n): w new columns for each thinking position -> (logits (B, P, w, V), last hidden
+        (B, P, w, n))."""
         batch, length, width, hidden = embeds.shape
         first = int(self.columns.max()) + 1
         columns = torch.arange(first, first + width, device=embeds.device).repeat_interleave(length)
-        owners = self.owners[:length].repeat(width)
+        owners = self.at.repeat(width)
         flat = embeds.transpose(1, 2).reshape(batch, width * length, hidden)  # column-major: column by column
         logits, states = self._run(flat, owners, columns)
         unflat = lambda x: x.reshape(batch, width, length, -1).transpose(1, 2)  # noqa: E731
@@ -158,8 +163,9 @@ class ParallelRunner:
 
 @dataclass
 class Thoughts:
-    """One thought per position. base_*: the ordinary forward; thought_ids / logprobs (B, T, m); post_hidden
-    (B, T, n_talk, n): the states that predict the true tokens t+1 .. t+n_talk after the thought."""
+    """One thought per thinking position `at` (P,). base_*: the ordinary forward, (B, T, ...); thought_ids /
+    logprobs (B, P, m); post_hidden (B, P, n_talk, n): the states that predict the true tokens t+1 .. t+n_talk
+    after the thought of position t."""
 
     base_logits: torch.Tensor
     base_hidden: torch.Tensor
@@ -167,6 +173,7 @@ class Thoughts:
     logprobs: torch.Tensor
     post_hidden: torch.Tensor
     passes: int
+    at: torch.Tensor
 
 
 def choose_tokens(logits: torch.Tensor, sample: bool, temperature: float = 1.0,
@@ -182,18 +189,21 @@ def choose_tokens(logits: torch.Tensor, sample: bool, temperature: float = 1.0,
 def think_in_parallel(model, head: QuietHead, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                       n_ahead: int, n_talk: int, sample: bool, temperature: float = 1.0,
                       reinforce_temperature: float = 3.0, use_cache: bool = True,
-                      generator: torch.Generator | None = None, forced: torch.Tensor | None = None) -> Thoughts:
+                      generator: torch.Generator | None = None, forced: torch.Tensor | None = None,
+                      at: torch.Tensor | None = None) -> Thoughts:
     """A thought of n_ahead tokens (start, n_ahead - 2 thought tokens, end) at every position, then the next
     n_talk - 1 true tokens, teacher-forced. Forward passes: 1 (the sequence) + n_ahead - 1.
 
     logprobs: log_softmax(logits / reinforce_temperature) at the chosen ids (what REINFORCE weights).
-    forced (B, T, n_ahead - 2): think these thought tokens instead of choosing them (to score a given thought).
+    forced (B, P, n_ahead - 2): think these thought tokens instead of choosing them (to score a given thought).
+    at (P,): the positions that think (default all): thoughts are independent, so thinking only where a loss
+    needs them gives the same thoughts there at a fraction of the cost.
     """
     if n_ahead < 2 or n_talk < 1:
         raise ValueError(f"n_ahead must be >= 2 (start and end) and n_talk >= 1, got {n_ahead} and {n_talk}")
-    runner = ParallelRunner(model, input_ids, attention_mask, use_cache=use_cache)
+    runner = ParallelRunner(model, input_ids, attention_mask, use_cache=use_cache, at=at)
     base_logits, base_hidden = runner.base
-    batch, length = input_ids.shape
+    batch, length = input_ids.shape[0], runner.at.shape[0]
     embed = model.get_input_embeddings()
     dtype = base_hidden.dtype
 
@@ -210,7 +220,8 @@ def think_in_parallel(model, head: QuietHead, input_ids: torch.Tensor, attention
         if j < thinking - 1:
             logits = runner.feed(embed(token)[:, :, None])[0][:, :, 0]
     # The last block: the last thought token, the end of thought and the teacher-forced true tokens, in one pass.
-    ahead = [torch.cat([input_ids[:, i:], input_ids.new_zeros(batch, i)], dim=1) for i in range(1, n_talk)]
+    padded = torch.cat([input_ids, input_ids.new_zeros(batch, n_talk)], dim=1)
+    ahead = [padded[:, runner.at + i] for i in range(1, n_talk)]
     block = ([embed(ids[-1])[:, :, None]] if thinking else [meta(START)]) + [meta(END)]
     block += [embed(t)[:, :, None] for t in ahead]
     _, states = runner.feed(torch.cat(block, dim=2))
@@ -218,7 +229,7 @@ def think_in_parallel(model, head: QuietHead, input_ids: torch.Tensor, attention
     return Thoughts(base_logits, base_hidden,
                     torch.stack(ids, -1) if ids else empty,
                     torch.stack(logprobs, -1) if logprobs else empty.float(),
-                    states[:, :, 1:], runner.passes)
+                    states[:, :, 1:], runner.passes, runner.at)
 
 
 # --- inference: a thought before every generated token ---------------------------------------------------------

@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dartlm.data.layout import ANSWER, PAD_ROLE, build_pathway
+from dartlm.config import ConfigError
+from dartlm.data.layout import ANSWER, PAD_ROLE, build_pathway, pad_pathways
+from dartlm.decoding import positions_from_mask
 from dartlm.losses import masked_mean
 from dartlm.methods.base import Method, forward
 from dartlm.model.export import PromptSpec
@@ -53,12 +55,18 @@ def next_token_targets(input_ids: torch.Tensor, roles: torch.Tensor, loss_on: st
     return targets, counted
 
 
-def shift_left(x: torch.Tensor, by: int, fill=0) -> torch.Tensor:
-    """x[:, t + by] at column t, `fill` past the end. x (B, T, ...)."""
-    if by == 0:
-        return x
-    pad = x.new_full((x.shape[0], by) + tuple(x.shape[2:]), fill)
-    return torch.cat([x[:, by:], pad], dim=1)
+def thinking_positions(counted: torch.Tensor) -> torch.Tensor:
+    """(P,) the positions whose next token counts in some row: the only ones whose thoughts a loss uses."""
+    return counted.any(dim=0).nonzero()[:, 0]
+
+
+def columns_at(x: torch.Tensor, index: torch.Tensor, fill=0) -> torch.Tensor:
+    """x[:, index] for index (P,) that may run past the end (those columns are `fill`). x (B, T, ...)."""
+    length = x.shape[1]
+    inside = index < length
+    picked = x[:, index.clamp(max=length - 1)]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return torch.where(inside.view(shape), picked, torch.full_like(picked, fill))
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -81,12 +89,20 @@ def reinforce_loss(logprob: torch.Tensor, reward: torch.Tensor, scored: torch.Te
     return -masked_mean(reward.detach() * logprob, scored)
 
 
-class QuietStarMethod(Method):
-    name = "quiet-star"
-    decode = "quiet"
+class LeftPadded(Method):
+    """Batches are left-padded, so that every row's answer ends in the last columns: with `quiet_loss_on: answer`
+    the thinking positions of a batch are then a few columns, not the whole width."""
 
     def layout(self, segments, thought_id):
         return build_pathway(segments, [])
+
+    def collate(self, features, pad_token_id):
+        return pad_pathways(features, pad_token_id, left=True)
+
+
+class QuietStarMethod(LeftPadded):
+    name = "quiet-star"
+    decode = "quiet"
 
     def extend_model(self, model, tokenizer=None):
         hidden = model.get_input_embeddings().weight.shape[1]
@@ -107,20 +123,22 @@ class QuietStarMethod(Method):
         passes = c.quiet_passes
         ids, mask, roles = (batch[k].repeat_interleave(passes, dim=0) for k in ("input_ids", "attention_mask", "roles"))
         head = thought_head(model)
+        targets, counted = next_token_targets(ids, roles, c.quiet_loss_on)
+        at = thinking_positions(counted)
         th = think_in_parallel(model, head, ids, mask, n_ahead=n_ahead, n_talk=n_talk, sample=True,
                                temperature=c.quiet_sample_temperature,
-                               reinforce_temperature=c.quiet_reinforce_temperature)
-        targets, counted = next_token_targets(ids, roles, c.quiet_loss_on)
+                               reinforce_temperature=c.quiet_reinforce_temperature, at=at)
         nll_base = cross_entropy(th.base_logits, targets)  # (B, T)
-        # Talk step i at position t: the base state at t + i and the thought's state i predict token t + 1 + i.
+        # Talk step i after the thought of position t: the base state at t + i and the thought's state i predict
+        # token t + 1 + i. Everything below is over the thinking positions: (B, P, ...).
         nll_mixed, base_ahead, counted_ahead, weights = [], [], [], []
         for i in range(n_talk):
-            h_base = shift_left(th.base_hidden, i)
+            h_base = columns_at(th.base_hidden, at + i)
             weights.append(head.mixing_weight(h_base, th.post_hidden[:, :, i]))
             logits = mixed_logits(model, head, h_base, th.post_hidden[:, :, i])
-            nll_mixed.append(cross_entropy(logits, shift_left(targets, i)))
-            base_ahead.append(shift_left(nll_base, i))
-            counted_ahead.append(shift_left(counted, i, False))
+            nll_mixed.append(cross_entropy(logits, columns_at(targets, at + i)))
+            base_ahead.append(columns_at(nll_base, at + i))
+            counted_ahead.append(columns_at(counted, at + i, False))
         nll_mixed, base_ahead, counted_ahead = (torch.stack(x, -1) for x in (nll_mixed, base_ahead, counted_ahead))
         loss_nll = 0.5 * masked_mean(nll_base, counted) + 0.5 * masked_mean(nll_mixed, counted_ahead)
         improvement = ((base_ahead - nll_mixed) * counted_ahead).sum(-1)
@@ -164,15 +182,15 @@ class FastQuietStarMethod(QuietStarMethod):
         return self.config.fqs_stages[-1][0]
 
 
-class FqsNtpMethod(Method):
+class FqsNtpMethod(LeftPadded):
     name = "fqs-ntp"
 
     def __init__(self, config):
         super().__init__(config)
+        if not config.ntp_teacher:
+            raise ConfigError("method.ntp_teacher: fqs-ntp learns from an exported quiet-star or fast-quiet-star "
+                              "model; give its folder")
         self._teacher = None
-
-    def layout(self, segments, thought_id):
-        return build_pathway(segments, [])
 
     def teacher(self, device):
         """The frozen thinking teacher (loaded on first use): (model, its thought length)."""
@@ -191,16 +209,21 @@ class FqsNtpMethod(Method):
     def loss(self, model, batch, backward=None):
         c = self.config
         teacher, n_ahead = self.teacher(next(model.parameters()).device)
-        logits = forward(model, batch).logits
+        # positions from the mask, as decoding counts them (the batch is left-padded)
+        logits = forward(model, batch, position_ids=positions_from_mask(batch["attention_mask"])).logits
         if logits.shape[-1] != teacher.get_output_embeddings().weight.shape[0]:
             raise ValueError(f"{c.ntp_teacher}: the teacher's vocabulary ({teacher.get_output_embeddings().weight.shape[0]}) "
                              f"is not the student's ({logits.shape[-1]}): train both from the same base")
         targets, counted = next_token_targets(batch["input_ids"], batch["roles"], c.quiet_loss_on)
+        at = thinking_positions(counted)
         with torch.no_grad():
             head = thought_head(teacher)
             th = think_in_parallel(teacher, head, batch["input_ids"], batch["attention_mask"], n_ahead=n_ahead,
-                                   n_talk=1, sample=False)
-            teacher_nll = cross_entropy(mixed_logits(teacher, head, th.base_hidden, th.post_hidden[:, :, 0]), targets)
+                                   n_talk=1, sample=False, at=at)
+            h_base = th.base_hidden[:, at]
+            teacher_nll = cross_entropy(mixed_logits(teacher, head, h_base, th.post_hidden[:, :, 0]), targets[:, at])
+        # over the thinking positions from here on: (B, P)
+        logits, targets, counted = logits[:, at], targets[:, at], counted[:, at]
         student_nll = cross_entropy(logits, targets)
         sampled = choose_tokens(logits, sample=True)
         logprob = torch.log_softmax(logits.float() / c.quiet_reinforce_temperature, -1).gather(-1, sampled[..., None])[..., 0]

@@ -336,11 +336,13 @@ def example_question(config: Config) -> str:
 
 
 def final_terms(run_dir: Path) -> dict[str, float]:
-    """The last logged value of each loss term of a run (loss, and DART's/CODI's terms with teacher_spread)."""
+    """The last logged value of each loss term of a run (loss, DART's/CODI's terms with teacher_spread, Quiet-STaR's
+    and FQS-NTP's terms)."""
     last: dict[str, float] = {}
     log_path = run_dir / "log.jsonl"
     if log_path.is_file():
         for line in log_path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            last.update({k: v for k, v in record.items() if k == "loss" or k.startswith(("loss_", "teacher_"))})
+            last.update({k: v for k, v in record.items()
+                         if k in ("loss", "improvement", "mix_weight", "rewarded") or k.startswith(("loss_", "teacher_"))})
     return last
