@@ -16,8 +16,15 @@ def test_every_paper_setting_is_shipped():
             assert f"paper/{model}-{method}" in SHIPPED
     for method in ("icot", "coconut", "codi"):  # the rest of Table 1, run on Llama-3.2-1B in the paper
         assert f"paper/llama-3.2-1b-{method}" in SHIPPED
-    for method in ("dart", "cot", "nocot", "pause", "icot", "coconut", "codi"):
+    for method in ("dart", "cot", "nocot", "pause", "icot", "coconut", "codi", "quiet-star", "fast-quiet-star",
+                   "fqs-ntp"):
         assert f"tiny/{method}" in SHIPPED
+    for method in ("quiet-star", "fast-quiet-star", "fqs-ntp"):  # the token-level-thought family, same pipeline
+        assert f"paper/llama-3.2-1b-{method}" in SHIPPED
+        config = load_config(f"paper/llama-3.2-1b-{method}")
+        assert (config.method.quiet_n_ahead, config.method.quiet_n_talk, config.method.quiet_policy_weight) == \
+            (12, 4, 1e6)  # the public training script's
+    assert load_config("paper/llama-3.2-1b-fast-quiet-star").method.fqs_stages == [[16, 8], [12, 4], [8, 4]]
 
 
 def test_baseline_configs_keep_the_shared_llama_settings():

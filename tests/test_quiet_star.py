@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import make_model
 from dartlm.config import ConfigError, load_config
 from dartlm.decoding import SequenceRunner
-from dartlm.generate import generate, load_exported, prompt_ids
+from dartlm.generate import generate, load_exported, prompt_ids, without_thoughts
 from dartlm.methods import get_method
 from dartlm.methods.quiet_star import policy_rewards, reinforce_loss
 from dartlm.model.export import PROMPT_FILE, QUIET_HEAD_FILE
@@ -220,6 +220,13 @@ def test_quiet_star_trains_exports_and_thinks_before_every_answer_token(loss_on,
     assert [g.text for g in cached] == [g.text for g in uncached]
     # prompt, then per token: start, 1 thought token, [last thought + end], and the chosen token (not after the last)
     assert passes == 1 + 6 * 3 + 5
+    # the ablation at inference: the same model answering from its thought-free state, one pass per token
+    plain = without_thoughts(spec)
+    unthought, passes = decode_prompts(model, tokenizer, plain, prompt_ids(QUESTIONS, tokenizer, plain),
+                                       max_new_tokens=6, min_new_tokens=6)
+    assert passes == 1 + 5 and all(g.thought_tokens == 0 for g in unthought)
+    with pytest.raises(ValueError, match="think before each token"):
+        without_thoughts(plain)
 
 
 def test_fqs_ntp_exports_a_plain_model_that_answers_without_thought_tokens(tmp_path, train_file):

@@ -89,6 +89,7 @@ def _eval(args) -> int:
     settings = EvalSettings(
         benchmark=args.benchmark, data_path=args.data_path, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, latency_items=args.latency_items, device=args.device, dtype=args.dtype,
+        without_thoughts=args.without_thoughts,
     )
     results = evaluate(Path(args.model_dir), settings, output)
     acc, lat = results["accuracy"], results["latency_ms"]
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", help="summary JSON (per-item records go beside it as .jsonl)")
     evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    evaluate.add_argument("--without-thoughts", action="store_true",
+                          help="Quiet-STaR models: answer from the thought-free state alone (what thinking adds)")
     evaluate.set_defaults(run=_eval)
 
     task = commands.add_parser("lm-eval-task", help="an lm-evaluation-harness task that scores an exported model "

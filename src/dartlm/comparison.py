@@ -70,7 +70,7 @@ VARIANTS = {v.label: v for v in (
             paper="Quiet-STaR (Zelikman et al. 2024)"),
     Variant("quiet-star-w1e6", "quiet-star", {**QUIET, "method.quiet_n_ahead": 6, "method.quiet_n_talk": 2,
                                               "method.quiet_policy_weight": 1.0e6},
-            paper="Quiet-STaR with the sources' policy weight 1e6 (chosen against on validation)"),
+            paper="Quiet-STaR with the sources' policy weight 1e6"),
     Variant("fast-quiet-star", "fast-quiet-star", {**QUIET, "method.fqs_stages": [[8, 3], [6, 2], [4, 2]]},
             paper="Fast Quiet-STaR (Huang et al. 2025)"),
     Variant("fqs-ntp", "fqs-ntp", {**QUIET, "method.ntp_policy_weight": 1.0}, teacher="fast-quiet-star",

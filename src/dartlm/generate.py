@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +48,15 @@ def _side_module(module, folder, filename: str, device, dtype):
         raise FileNotFoundError(f"{path}: missing; the model's prompt spec needs it (was the folder copied whole?)")
     module.load_state_dict(load_file(str(path)))
     return module.to(device=device, dtype=dtype).eval()
+
+
+def without_thoughts(spec: PromptSpec) -> PromptSpec:
+    """A Quiet-STaR model's spec, answering from the thought-free state alone (the mixing weight at 0): what its
+    answers are worth without thinking, an ablation at inference."""
+    if spec.decode != "quiet":
+        raise ValueError(f"answering without thoughts applies to models that think before each token (Quiet-STaR, "
+                         f"Fast Quiet-STaR); this is a {spec.method} model")
+    return replace(spec, decode="answer", num_thought_tokens=0, quiet_n_ahead=0)
 
 
 def prompt_ids(questions: Sequence[str], tokenizer, spec: PromptSpec) -> list[tuple[int, ...]]:

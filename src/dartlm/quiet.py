@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dartlm.decoding import Decoded, SequenceRunner, _strip, positions_from_mask

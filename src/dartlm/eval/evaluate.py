@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from dartlm.eval.answers import score_answer
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.eval.measure import machine_info, stopwatch, summarize
-from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
+from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids, without_thoughts
 from dartlm.model.export import PromptSpec
 
 STREAM_VERSION = 1
@@ -41,6 +41,7 @@ class EvalSettings:
     latency_items: int = 100  # batch-size-1 timing pass when batch_size > 1 (0: skip)
     device: str = "cpu"
     dtype: str = "float32"
+    without_thoughts: bool = False  # Quiet-STaR models: answer from the thought-free state alone (an ablation)
 
 
 def file_fingerprint(path: Path, limit: int = 1 << 22) -> str:
@@ -117,6 +118,7 @@ def score_record(item: BenchmarkItem, generation, spec: PromptSpec) -> dict:
         "strict": score.strict, "flexible": score.flexible,
         "strict_prediction": score.strict_prediction, "flexible_prediction": score.flexible_prediction,
         "new_tokens": generation.num_tokens,
+        "thought_tokens": generation.thought_tokens,  # Quiet-STaR: thought before each token, then dropped
     }
 
 
@@ -125,6 +127,8 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
     model_dir = Path(model_dir)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
     model, tokenizer, spec = load_exported(model_dir, settings.device, dtype)
+    if settings.without_thoughts:
+        spec = without_thoughts(spec)
     items = load_benchmark(settings.benchmark, settings.data_path, limit=settings.limit)
     max_new = settings.max_new_tokens or default_max_new_tokens(spec)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +194,7 @@ def summarize_results(items, done, latencies, spec, settings, model_dir, batch_m
         },
         "latency_ms": {**summarize([latencies[i.id] for i in items if i.id in latencies]), "batch_size": 1},
         "new_tokens": summarize([r["new_tokens"] for r in records]),
+        "thought_tokens": summarize([r.get("thought_tokens", 0) for r in records]),
         "prompt_tokens": summarize([r["prompt_tokens"] for r in records]),
         "throughput": throughput,
         "settings": asdict(settings),
