@@ -35,6 +35,17 @@ METHODS = {
     "codi": ("CODI", "It reasons in continuous thoughts distilled from a chain of thought: after `<bot>` its last "
              "hidden state, passed through a small projection (`latent_projection.safetensors`), becomes the next "
              "input a fixed number of times, then it reads `<eot>` and the separator and answers."),
+    "quiet-star": ("Quiet-STaR", "It thinks before every answer token: a short thought (start-of-thought embedding, "
+                   "a few greedy tokens, end-of-thought embedding), whose final state a small mixing head "
+                   "(`quiet_head.safetensors`) mixes with the thought-free one to predict the token; the thought is "
+                   "then dropped (Quiet-STaR, Zelikman et al. 2024). Trained with REINFORCE on how much each thought "
+                   "improved the prediction of the following true tokens."),
+    "fast-quiet-star": ("Fast Quiet-STaR", "Quiet-STaR trained through stages of shorter thoughts (Fast Quiet-STaR, "
+                        "Huang et al. 2025): it thinks before every answer token with the last stage's thought "
+                        "length, mixed in by `quiet_head.safetensors`."),
+    "fqs-ntp": ("Fast Quiet-STaR NTP", "A plain next-token predictor trained by reinforcement learning towards a "
+                "model that thinks before every token (Fast Quiet-STaR NTP, Huang et al. 2025): it answers right "
+                "after the question and the separator, with no thought tokens."),
 }
 
 
@@ -209,6 +220,15 @@ def settings_lines(config, terms: dict[str, float]) -> list[str]:
     if m.name in ("dart", "codi"):
         lines.append(f"- distillation weight λ = {m.distill_weight:g} at `{m.distill_at}`, gradient into "
                      f"`{m.distill_grad}`, start {m.distill_start:g}, ramp {m.distill_ramp:g}")
+    if m.name in ("quiet-star", "fast-quiet-star"):
+        shape = (f"stages (n_ahead, n_talk) {', '.join(map(str, map(tuple, m.fqs_stages)))}"
+                 if m.name == "fast-quiet-star" else f"thoughts of {m.quiet_n_ahead} (start and end included), "
+                 f"{m.quiet_n_talk} talk tokens")
+        lines.append(f"- {shape}, {m.quiet_passes} passes, policy weight {m.quiet_policy_weight:g}, loss on "
+                     f"`{m.quiet_loss_on}`")
+    if m.name == "fqs-ntp":
+        lines.append(f"- teacher `{Path(m.ntp_teacher).name}`, policy weight {m.ntp_policy_weight:g}, NLL weight "
+                     f"{m.ntp_nll_weight:g}")
     if config.lora.enabled:
         targets = ", ".join(config.lora.target_modules) or "the attention projections"
         lines.append(f"- LoRA r = {config.lora.rank}, α = {config.lora.alpha:g} on {targets}; the base frozen")
