@@ -83,3 +83,11 @@ def test_inherit_merges_sections_key_by_key_and_refuses_cycles(tmp_path):
     parent.write_text("inherit: child.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(child)
+
+
+def test_numbers_that_yaml_reads_as_text_still_set_a_float_field():
+    # YAML 1.1 reads 1e-4 (no dot) and 1.0e6 (an unsigned exponent) as strings
+    config = load_config("tiny/quiet-star", ["training.lr=1e-4", "method.quiet_policy_weight=1.0e6"])
+    assert (config.training.lr, config.method.quiet_policy_weight) == (1e-4, 1e6)
+    with pytest.raises(ConfigError, match="training.lr: expected float"):
+        load_config("tiny/dart", ["training.lr=fast"])

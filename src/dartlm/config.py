@@ -305,9 +305,19 @@ def _coerce(hint, value, where: str, label: str):
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     wrong = (hint is int and isinstance(value, bool)) or not isinstance(value, hint)
+    if wrong and hint is float and isinstance(value, str) and _is_number(value):
+        return float(value)  # YAML 1.1 reads 1e-4 and 1.0e6 (no dot, or an unsigned exponent) as text
     if wrong:
         raise ConfigError(f"{where}: {label}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def to_dict(config) -> dict:
