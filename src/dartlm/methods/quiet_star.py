@@ -6,8 +6,8 @@ before every CoT token would multiply CoT's cost by the thought length). `quiet_
 count: every token of the text (`all`, Quiet-STaR's LM loss over free text, the default) or the answer only
 (`answer`, the positions No-CoT trains on; ours).
 
-Quiet-STaR. Each sequence is repeated `quiet_passes` times; every position samples a thought (quiet.py, all
-positions in parallel), and the mixing head predicts the next `quiet_n_talk` true tokens from the base and
+Quiet-STaR. Each sequence is repeated `quiet_passes` times; every position whose next token counts samples a
+thought (quiet.py, all of them in parallel; the others' thoughts would enter no loss), and the mixing head predicts the next `quiet_n_talk` true tokens from the base and
 post-thought states. Loss = NLL + policy_weight * REINFORCE:
   NLL    = 0.5 * NLL(base prediction of the next token) + 0.5 * mean over talk tokens of NLL(mixed prediction)
   reward = sum over the talk tokens of (NLL_base - NLL_mixed), detached, minus its mean over the passes of the same
