@@ -9,6 +9,7 @@ reference the cached path is tested against.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -100,11 +101,16 @@ class SequenceRunner:
 
 
 def greedy_continue(runner: SequenceRunner, logits: torch.Tensor, *, max_new_tokens: int, eos_token_id: int,
-                    pad_token_id: int, min_new_tokens: int = 0) -> Decoded:
+                    pad_token_id: int, min_new_tokens: int = 0,
+                    next_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Decoded:
     """Greedy tokens after whatever the runner has been fed; logits (B, V) predict the first one.
 
     eos cannot be chosen before `min_new_tokens` tokens: with min = max, every row decodes exactly that many.
+    next_logits(token (B,)) -> (B, V) feeds a chosen token and predicts the next one (default: feed it and read
+    the logits; Quiet-STaR thinks in between).
     """
+    if next_logits is None:
+        next_logits = lambda token: runner.feed_ids(token[:, None]).logits[:, -1]  # noqa: E731
     batch = logits.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     generated: list[torch.Tensor] = []
@@ -118,7 +124,7 @@ def greedy_continue(runner: SequenceRunner, logits: torch.Tensor, *, max_new_tok
         finished |= token == eos_token_id
         if finished.all() or step == max_new_tokens - 1:
             break
-        logits = runner.feed_ids(token[:, None]).logits[:, -1]
+        logits = next_logits(token)
     return Decoded(_strip(torch.stack(generated, dim=1) if generated else None, batch, eos_token_id), runner.passes)
 
 

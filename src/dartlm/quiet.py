@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dartlm.decoding import Decoded, SequenceRunner, _strip, positions_from_mask
+from dartlm.decoding import Decoded, SequenceRunner, greedy_continue, positions_from_mask
 
 HEAD_ATTRIBUTE = "quiet_head"
 START, END = 0, 1
@@ -55,8 +55,9 @@ class QuietHead(nn.Module):
         dtype = self.meta.dtype
         return self.mixer(torch.cat([h_base.to(dtype), h_post.to(dtype)], dim=-1))
 
-    def mix(self, h_base: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
-        w = self.mixing_weight(h_base, h_post).to(h_base.dtype)
+    def mix(self, h_base: torch.Tensor, h_post: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """(1 - w) h_base + w h_post; w: the mixing weight when already computed."""
+        w = (self.mixing_weight(h_base, h_post) if w is None else w).to(h_base.dtype)
         return (1 - w) * h_base + w * h_post
 
 
@@ -76,8 +77,9 @@ def thought_head(model: nn.Module) -> QuietHead:
     return head
 
 
-def mixed_logits(model: nn.Module, head: QuietHead, h_base: torch.Tensor, h_post: torch.Tensor) -> torch.Tensor:
-    return model.get_output_embeddings()(head.mix(h_base, h_post))
+def mixed_logits(model: nn.Module, head: QuietHead, h_base: torch.Tensor, h_post: torch.Tensor,
+                 w: torch.Tensor | None = None) -> torch.Tensor:
+    return model.get_output_embeddings()(head.mix(h_base, h_post, w))
 
 
 # --- thoughts at every position, in parallel -------------------------------------------------------------------
@@ -244,17 +246,14 @@ def quiet_decode(model, runner: SequenceRunner, step_hidden: torch.Tensor, *, n_
     head = thought_head(model)
     batch = step_hidden.shape[0]
     dtype = runner.embed.weight.dtype
+    thinking = n_ahead - 2
 
     def meta(which: int) -> torch.Tensor:
         return head.meta_embedding(which).to(dtype).expand(batch, 1, -1)
 
-    thinking = n_ahead - 2
-    finished = torch.zeros(batch, dtype=torch.bool, device=step_hidden.device)
-    thoughts = torch.zeros(batch, dtype=torch.long, device=step_hidden.device)
-    generated, h_base = [], step_hidden
-    for position in range(max_new_tokens):
+    def think(h_base: torch.Tensor) -> torch.Tensor:
+        """The next token's logits after a thought from where the runner is; the thought is then forgotten."""
         kept = runner.length
-        thoughts += (~finished).long() * thinking
         if thinking:
             logits = runner.feed(meta(START)).logits[:, -1]
             for j in range(thinking):
@@ -265,15 +264,15 @@ def quiet_decode(model, runner: SequenceRunner, step_hidden: torch.Tensor, *, n_
         else:
             last = torch.cat([meta(START), meta(END)], dim=1)
         h_post = runner.feed(last, hidden_states=True).last_hidden
-        logits = mixed_logits(model, head, h_base, h_post)
         runner.rewind(kept)
-        if position < min_new_tokens:
-            logits[:, eos_token_id] = float("-inf")
-        token = torch.where(finished, torch.full_like(finished, pad_token_id, dtype=torch.long), logits.argmax(-1))
-        generated.append(token)
-        finished |= token == eos_token_id
-        if finished.all() or position == max_new_tokens - 1:
-            break
-        h_base = runner.feed_ids(token[:, None], hidden_states=True).last_hidden
-    return Decoded(_strip(torch.stack(generated, dim=1) if generated else None, batch, eos_token_id), runner.passes,
-                   thoughts.tolist())
+        return mixed_logits(model, head, h_base, h_post)
+
+    decoded = greedy_continue(
+        runner, think(step_hidden), max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+        next_logits=lambda token: think(runner.feed_ids(token[:, None], hidden_states=True).last_hidden))
+    # A row thought once before each token it chose, its eos included: len + 1 thoughts, unless it ran to the end
+    # of the decoding (as many thoughts as tokens). The decoding ran for `steps` tokens.
+    steps = min(max_new_tokens, max((len(row) + 1 for row in decoded.tokens), default=0))
+    decoded.thought_tokens = [thinking * min(len(row) + 1, steps) for row in decoded.tokens]
+    return decoded

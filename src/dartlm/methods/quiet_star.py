@@ -134,8 +134,9 @@ class QuietStarMethod(LeftPadded):
         nll_mixed, base_ahead, counted_ahead, weights = [], [], [], []
         for i in range(n_talk):
             h_base = columns_at(th.base_hidden, at + i)
-            weights.append(head.mixing_weight(h_base, th.post_hidden[:, :, i]))
-            logits = mixed_logits(model, head, h_base, th.post_hidden[:, :, i])
+            w = head.mixing_weight(h_base, th.post_hidden[:, :, i])
+            weights.append(w)
+            logits = mixed_logits(model, head, h_base, th.post_hidden[:, :, i], w)
             nll_mixed.append(cross_entropy(logits, columns_at(targets, at + i)))
             base_ahead.append(columns_at(nll_base, at + i))
             counted_ahead.append(columns_at(counted, at + i, False))
