@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -34,3 +37,23 @@ def test_quick_demo_trains_evaluates_exports_and_answers(tmp_path):
     # The exported DART model is a plain transformers model.
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "models" / "dart")
     assert type(model).__name__ == "LlamaForCausalLM"
+
+
+def test_set_assigns_demo_settings_with_the_config_files_type_checks():
+    from dartlm.config import ConfigError
+    from dartlm.demo import DemoSettings, apply_settings, base_spec, method_config
+
+    settings = apply_settings(DemoSettings(), ["lr=3e-3", "n_train=16000", "base_seed=1", "warmup_ratio=0.1",
+                                               "lora_targets=all", "methods=nocot,cot"])
+    assert (settings.lr, settings.n_train, settings.base_seed, settings.warmup_ratio) == (3e-3, 16000, 1, 0.1)
+    assert settings.lora_targets == "all" and settings.methods == ("nocot", "cot")
+    assert isinstance(settings.lr, float)
+    # Another base seed is another base (its own cache folder); the run config carries the warm-up.
+    assert base_spec(settings).seed == 1 and base_spec(settings).folder() != base_spec(DemoSettings()).folder()
+    config = method_config(settings, "nocot", Path("data"), Path("run"), Path("base"), 10)
+    assert config.training.warmup_ratio == 0.1
+    for bad, message in (("lrx=1", "unknown demo setting 'lrx'"), ("lr=fast", "lr: expected float"),
+                         ("n_train=1.5", "n_train: expected int"), ("lr", "expected field=value"),
+                         ("methods=nocot,magic", "unknown method(s) magic"), ("lr=[", "invalid value")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            apply_settings(DemoSettings(), [bad])

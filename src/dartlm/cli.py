@@ -164,7 +164,7 @@ def _demo(args) -> int:
         changes["methods"] = tuple(args.methods.split(","))
     if args.pretrain_steps and args.base_steps is None:
         changes["base_steps"] = 0  # a base trained on the task's text replaces the general arithmetic base
-    settings = dataclasses.replace(regime_settings(settings, args), **changes)
+    settings = regime_settings(dataclasses.replace(settings, **changes), args)
     run_demo(settings, Path(args.output_dir), eval_split=args.eval_split)
     return 0
 
@@ -178,7 +178,9 @@ def regime_settings(settings, args):
                                  ("base_model", getattr(args, "base_model", None))) if v is not None}
     if changes.get("base_model") and args.base_steps is None:
         changes["base_steps"] = 0  # a given pretrained model replaces the general arithmetic base
-    return dataclasses.replace(settings, **changes)
+    from dartlm.demo import apply_settings
+
+    return apply_settings(dataclasses.replace(settings, **changes), args.set or ())
 
 
 def _base(args) -> int:
@@ -341,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--layers", type=int, help="decoder layers of the model (and of its base)")
         sub.add_argument("--lr", type=float, help="learning rate of every method")
         sub.add_argument("--batch-size", type=int, help="training examples per step of every method")
+        sub.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                         help="any demo setting (dartlm.demo.DemoSettings), e.g. --set base_seed=1 --set "
+                              "warmup_ratio=0.1; repeatable, applied last")
 
     demo = commands.add_parser("demo", help="DART against No-CoT, CoT and PauseFT on a synthetic task, on a CPU")
     demo.add_argument("--quick", action="store_true", help="a one-minute smoke run")

@@ -271,11 +271,11 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = ""):
     if unknown:
         names = ", ".join(prefix + k for k in unknown)
         raise ConfigError(f"{where}: unknown key(s) {names} (known here: {', '.join(sorted(known))})")
-    values = {name: _coerce(hints[name], value, where, prefix + name) for name, value in data.items()}
+    values = {name: coerce_value(hints[name], value, where, prefix + name) for name, value in data.items()}
     return cls(**values)
 
 
-def _coerce(hint, value, where: str, label: str):
+def coerce_value(hint, value, where: str, label: str):
     """Check (and lightly convert: int -> float) one value against its annotation."""
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, label + ".")
@@ -287,7 +287,7 @@ def _coerce(hint, value, where: str, label: str):
         errors = []
         for option in options:
             try:
-                return _coerce(option, value, where, label)
+                return coerce_value(option, value, where, label)
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
@@ -295,7 +295,7 @@ def _coerce(hint, value, where: str, label: str):
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {label}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(item, v, where, f"{label}[{i}]") for i, v in enumerate(value)]
+        return [coerce_value(item, v, where, f"{label}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {label}: expected a mapping, got {type(value).__name__} {value!r}")

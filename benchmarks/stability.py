@@ -1,0 +1,136 @@
+"""Which regime is reproducible? No-CoT and CoT only, on the validation split, over seeds x bases.
+
+A base rebuilt with another seed stands in for another machine (a different CPU rounds differently from the first
+step on, so its base differs; benchmarks/README.md, "A regime that survives another machine"). Each setting trains
+No-CoT and CoT on every (base seed, seed) and is judged by a criterion fixed before any run:
+
+    stable:  CoT's standard deviation over all (base, seed) runs <= 5 points,
+             No-CoT's standard deviation <= 5 points,
+             and CoT's mean >= No-CoT's mean + 30 points.
+    chosen:  among stable settings, the smallest CoT standard deviation; within 1 point of it, the cheaper one
+             (fewer training examples seen).
+
+DART is not run here: its settings are chosen afterwards, on the chosen regime.
+
+    python benchmarks/stability.py --output-dir stability --settings current,calm,calm-all
+    python benchmarks/stability.py --output-dir stability --report benchmarks/results/stability-study
+
+Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
+checkpoints resume the unfinished ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from dartlm.comparison import resolve_variants, run_comparison
+from dartlm.demo import DemoSettings, apply_settings
+
+# Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
+SETTINGS = {
+    "current": [],
+    # A calmer optimisation: a third of the learning rate with a 10 % warm-up, and fresh problems (16,000 problems
+    # for 500 x 32 = 16,000 examples: each seen once instead of 4 times).
+    "calm": ["lr=3e-3", "warmup_ratio=0.1", "n_train=16000"],
+    # The same with LoRA on the MLPs too (more capacity for the task on a frozen base).
+    "calm-all": ["lr=3e-3", "warmup_ratio=0.1", "n_train=16000", "lora_targets=all"],
+    # The same with twice the steps (each of 32,000 problems seen once).
+    "calm-long": ["lr=3e-3", "warmup_ratio=0.1", "n_train=32000", "train_steps=1000"],
+    # The current learning rate, fresh problems only (isolates the data lever).
+    "fresh": ["n_train=16000"],
+}
+BASE_SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
+MAX_STD, MIN_GAP = 5.0, 30.0
+
+
+def run_dir(out: Path, name: str, base_seed: int) -> Path:
+    return out / name / f"base-{base_seed}"
+
+
+def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int) -> None:
+    variants = resolve_variants(["nocot", "cot"])
+    for name in names:
+        for base_seed in BASE_SEEDS:
+            settings = apply_settings(DemoSettings(), SETTINGS[name] + [f"base_seed={base_seed}",
+                                                                         f"save_every={save_every}"])
+            print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
+            run_comparison(variants, settings, seeds, run_dir(out, name, base_seed), workers=workers,
+                           latency_items=0, split="val")
+
+
+def judge(out: Path, names: list[str]) -> dict:
+    rows = {}
+    for name in names:
+        per_run: dict[str, list[dict]] = {"nocot": [], "cot": []}
+        for base_seed in BASE_SEEDS:
+            path = run_dir(out, name, base_seed) / "comparison.json"
+            if not path.is_file():
+                break
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            for label in per_run:
+                row = summary["variants"][label]
+                for seed, acc, terms in zip(summary["seeds"], row["accuracy_per_seed"], row["final_terms_per_seed"]):
+                    per_run[label].append({"base_seed": base_seed, "seed": seed, "accuracy": acc,
+                                           "final_loss": terms.get("loss")})
+            settings = summary["settings"]
+        else:
+            stats = {label: {"mean": statistics.fmean(r["accuracy"] for r in runs),
+                             "std": statistics.stdev(r["accuracy"] for r in runs), "runs": runs}
+                     for label, runs in per_run.items()}
+            gap = stats["cot"]["mean"] - stats["nocot"]["mean"]
+            stable = stats["cot"]["std"] <= MAX_STD and stats["nocot"]["std"] <= MAX_STD and gap >= MIN_GAP
+            rows[name] = {"assignments": SETTINGS[name], **stats, "gap": gap, "stable": stable,
+                          "examples_seen": settings["train_steps"] * settings["batch_size"]}
+    stable = sorted((r["cot"]["std"], r["examples_seen"], n) for n, r in rows.items() if r["stable"])
+    chosen = None
+    if stable:
+        best_std = stable[0][0]
+        chosen = min((r for r in stable if r[0] <= best_std + 1.0), key=lambda r: (r[1], r[0]))[2]
+    return {"criterion": {"max_std": MAX_STD, "min_gap": MIN_GAP, "base_seeds": list(BASE_SEEDS)},
+            "settings": rows, "chosen": chosen}
+
+
+def table(result: dict) -> str:
+    lines = ["| setting | --set | No-CoT (mean ± std) | CoT (mean ± std) | gap | per (base, seed): No-CoT / CoT | "
+             "stable |", "|---|---|---|---|---|---|---|"]
+    for name, row in result["settings"].items():
+        runs = " ; ".join(f"b{n['base_seed']}s{n['seed']} {n['accuracy']:.1f}/{c['accuracy']:.1f}"
+                          for n, c in zip(row["nocot"]["runs"], row["cot"]["runs"]))
+        lines.append(f"| {name} | {' '.join(row['assignments']) or '(defaults)'} | {row['nocot']['mean']:.1f} ± "
+                     f"{row['nocot']['std']:.1f} | {row['cot']['mean']:.1f} ± {row['cot']['std']:.1f} | "
+                     f"{row['gap']:.1f} | {runs} | {'yes' if row['stable'] else 'no'} |")
+    lines += ["", f"Chosen: {result['chosen'] or 'none (no setting met the criterion)'}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="stability")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--report", help="only judge the finished settings; write <report>.json and .md")
+    args = parser.parse_args()
+    names = args.settings.split(",")
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+    out = Path(args.output_dir)
+    if not args.report:
+        run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every)
+    result = judge(out, names)
+    print(table(result))
+    if args.report:
+        report = Path(args.report)
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        report.with_suffix(".md").write_text(table(result) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
