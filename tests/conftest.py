@@ -81,3 +81,14 @@ def train_file(tmp_path):
     path = tmp_path / "train.txt"
     write_arithmetic_file(path)
     return path
+
+
+@pytest.fixture
+def fault_rng():
+    """A seeded random source for fault tests; the seed is printed (pytest -s, or in a failure's captured output)
+    and DARTLM_FAULT_SEED replays it."""
+    import random
+
+    seed = int(os.environ.get("DARTLM_FAULT_SEED", random.SystemRandom().randrange(1 << 30)))
+    print(f"fault seed: {seed} (replay with DARTLM_FAULT_SEED={seed})")
+    return random.Random(seed)

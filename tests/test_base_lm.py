@@ -75,3 +75,58 @@ def test_base_is_built_once_cached_and_rebuilt_on_request(tmp_path, monkeypatch)
     assert len(messages) > built
     assert BaseModelSpec(steps=4).folder() != BaseModelSpec(steps=3).folder()  # another setting, another base
     assert not list(folder.parent.glob(".*tmp*"))  # no half-built folder is left behind
+
+
+def test_the_demos_base_ships_in_the_package_loads_and_matches_its_hashes():
+    from dataclasses import asdict
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dartlm.demo import DemoSettings, base_spec
+    from dartlm.model.base_lm import shipped_base, verify_shipped
+
+    spec = base_spec(DemoSettings())
+    folder = shipped_base(spec)
+    assert folder is not None, "the demo's default base must ship with the package"
+    record = verify_shipped(folder)
+    assert record["spec"] == json.loads(json.dumps(asdict(spec)))
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 10 * 2**20
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    note = json.loads((folder / BASE_FILE).read_text())
+    assert sum(p.numel() for p in model.parameters()) == note["parameters"]
+    assert len(AutoTokenizer.from_pretrained(folder)) == model.config.vocab_size
+
+
+def test_the_shipped_base_is_installed_without_building_and_a_tampered_one_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from dartlm.model import base_lm
+    from dartlm.storage import file_hashes
+
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+    spec = BaseModelSpec(layers=1, hidden=32, heads=2, vocab_size=300, lines=2000, steps=3, batch_size=4, seq_len=32)
+    built = ensure_base(spec, log=lambda *_: None)
+    shipped_root = tmp_path / "shipped"
+    source = base_lm.ship_base(spec, built, shipped_root)
+    shutil.rmtree(built)
+    monkeypatch.setattr(base_lm, "SHIPPED_DIR", shipped_root)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the shipped base must be used, not built")
+
+    monkeypatch.setattr(base_lm, "build_base", no_build)
+    messages = []
+    folder = ensure_base(spec, log=messages.append)
+    assert "shipped with dartlm" in messages[0]
+    assert file_hashes(folder) == file_hashes(source)
+    # A user's cached base is used as it is; --shipped puts the shipped one back.
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("32", "33", 1))
+    assert ensure_base(spec, log=messages.append) == folder and len(messages) == 1
+    ensure_base(spec, shipped=True, log=messages.append)
+    assert file_hashes(folder) == file_hashes(source)
+    # A shipped base that no longer matches its hashes is refused, naming the file.
+    with open(source / "model.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x00\x01")
+    with pytest.raises(base_lm.ShippedBaseError, match="model.safetensors"):
+        ensure_base(spec, shipped=True, log=messages.append)

@@ -25,15 +25,21 @@ def test_quick_demo_trains_evaluates_exports_and_answers(tmp_path):
     # The paper's regime: every method fine-tunes the same cached base with LoRA.
     assert summary["settings"]["base_steps"] > 0 and list((tmp_path / "cache" / "models").glob("arith-base-*"))
     for method, r in summary["results"].items():
-        assert 0.0 <= r["accuracy"]["strict"] <= 1.0
-        assert r["latency_ms"]["n"] == summary["settings"]["n_test"] and r["latency_ms"]["median"] > 0
+        scored = (tmp_path / "demo" / "results" / f"{method}.jsonl").read_text().splitlines()[1:]
+        right = sum(json.loads(line)["strict"] for line in scored)
+        assert len(scored) == summary["settings"]["n_test"] and r["accuracy"]["strict"] == right / len(scored)
+        # Timed side by side, every model on the same questions.
+        assert r["latency_ms"]["n"] == min(100, summary["settings"]["n_test"]) and r["latency_ms"]["median"] > 0
     # DART and PauseFT prompts carry the C thought tokens that No-CoT's lack.
     c = summary["settings"]["num_thought_tokens"]
     nocot_prompt = summary["results"]["nocot"]["prompt_tokens"]["mean"]
     assert summary["results"]["dart"]["prompt_tokens"]["mean"] == nocot_prompt + c
     assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
     assert "| method | accuracy % |" in result.stdout
-    assert result.stdout.count("  Q: ") == 3
+    # A few test questions with every method's answer, each marked right or wrong.
+    assert result.stdout.count("  Q: ") == 4
+    answers = [line for line in result.stdout.splitlines() if line.startswith("     nocot ")]
+    assert len(answers) == 4 and all(line.count(" | ") == 3 for line in answers)
     # The exported DART model is a plain transformers model.
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "models" / "dart")
     assert type(model).__name__ == "LlamaForCausalLM"

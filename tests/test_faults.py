@@ -4,7 +4,6 @@ checkpoints are never trusted, over-long examples are named."""
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 OVERRIDES = ["training.max_steps=120", "training.save_steps=10", "training.batch_size=4", "training.logging_steps=10"]
 
 
-def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(tmp_path, train_file):
+def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(tmp_path, train_file, fault_rng):
     overrides = [f"data.train_path={train_file}", *OVERRIDES]
     reference_dir = tmp_path / "reference"
     train(load_config("tiny/dart", overrides), reference_dir)
@@ -35,7 +34,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(t
     # The kill point is counted in training progress, not wall time: on a fast machine the whole run takes about a
     # second, so a random sleep could outlast it. The run logs every 10 steps, right before it saves a checkpoint;
     # killing a random short while after the k-th log line lands anywhere from step 10 to 100 of 120, often mid-save.
-    kill_after_log = random.Random().randint(1, 10)
+    kill_after_log = fault_rng.randint(1, 10)
     process = subprocess.Popen(command, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     logs_seen = 0
@@ -44,7 +43,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_weights(t
         if logs_seen == kill_after_log:
             break
     assert logs_seen == kill_after_log, "training ended before the kill"
-    time.sleep(random.Random().uniform(0.0, 0.05))
+    time.sleep(fault_rng.uniform(0.0, 0.05))
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     process.stdout.close()

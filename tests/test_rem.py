@@ -256,3 +256,68 @@ def randomise_trainable_rem(model: nn.Module) -> None:
         for name, param in model.named_parameters():
             if ".rem" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+
+
+@pytest.mark.parametrize("multi_query", [False, True])
+def test_gpt_bigcode_is_refused_although_its_fused_projection_is_called_c_attn(multi_query):
+    """GPT-BigCode (StarCoder) names its fused projection `c_attn`, like GPT-2, with another layout: taking it for
+    GPT-2's [q | k | v] transformed query features (multi_query=False) or crashed the forward (multi_query=True)."""
+    config = AutoConfig.for_model("gpt_bigcode", vocab_size=64, n_embd=32, n_layer=1, n_head=4,
+                                  multi_query=multi_query)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        inject_rem(model, REM)
+    message = str(err.value)
+    assert "GPTBigCodeAttention" in message and "`c_attn`" in message and "\n" not in message
+
+
+def test_the_placement_check_refuses_a_layout_read_wrongly(monkeypatch, tokenizer):
+    """Mutation: GPT-2's layout with the K features pointed at the query block. REM then changes the query states
+    and leaves the keys alone; the check attached to inject_rem must say so."""
+    from dartlm.model import rem as rem_module
+
+    real = rem_module.contiguous_layout
+
+    def wrong(kind, attribute, query, kv):
+        layout = real(kind, attribute, query, kv)
+        return rem_module.FusedLayout(layout.kind, layout.attribute, tuple(range(0, kv)), layout.value_columns,
+                                      conv1d=layout.conv1d)
+
+    monkeypatch.setattr(rem_module, "contiguous_layout", wrong)
+    with pytest.raises(UnsupportedArchitectureError, match="changes the query states.*leaves the key states unchanged"):
+        inject_rem(make_model("gpt2", len(tokenizer)), REM)
+
+
+def test_the_placement_check_refuses_a_rem_that_never_reaches_the_values(monkeypatch, tokenizer):
+    """Mutation: a wrapper whose REM is skipped on the value projection."""
+    real_forward = RemProjection.forward
+
+    def skips_values(self, x, *args, **kwargs):
+        if getattr(self, "_is_value", False):
+            return self.proj(x, *args, **kwargs)
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(RemProjection, "forward", skips_values)
+    real_init = RemProjection.__init__
+    created = []
+
+    def marks(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        created.append(self)
+        self._is_value = len(created) % 2 == 0  # k_proj then v_proj, layer by layer
+
+    monkeypatch.setattr(RemProjection, "__init__", marks)
+    with pytest.raises(UnsupportedArchitectureError, match="leaves the value states unchanged"):
+        inject_rem(make_model("llama", len(tokenizer)), REM)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_placement_check_passes_and_restores_the_adapters_and_attention(family, tokenizer):
+    model = make_model(family, len(tokenizer))
+    before = model.config._attn_implementation
+    wrappers = inject_rem(model, REM)
+    assert model.config._attn_implementation == before
+    for wrapper in wrappers:
+        for module in wrapper.modules():
+            if hasattr(module, "up") and isinstance(module.up, nn.Linear):
+                assert torch.count_nonzero(module.up.weight) == 0  # still the identity at init

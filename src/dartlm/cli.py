@@ -9,6 +9,20 @@ import warnings
 from pathlib import Path
 
 
+def int_list(text: str, option: str) -> list[int]:
+    """A comma-separated list of distinct integers, or one clear error naming the option."""
+    from dartlm.config import ConfigError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{option} {text!r}: a value is given twice")
+    return values
+
+
 def _train(args) -> int:
     from dartlm.config import load_config, resolve_config_path
     from dartlm.training.run import train
@@ -61,7 +75,7 @@ def _lm_eval_task(args) -> int:
 def _probe(args) -> int:
     from dartlm.probe import run_probe
 
-    layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    layers = None if args.layers == "all" else int_list(args.layers, "--layers")
     result = run_probe(Path(args.model_dir), Path(args.data), Path(args.output),
                        fit_path=Path(args.fit_data) if args.fit_data else None, benchmark=args.benchmark,
                        limit=args.limit, fit_limit=args.fit_limit, layers=layers)
@@ -85,7 +99,6 @@ def _eval(args) -> int:
     from dartlm.eval.evaluate import EvalSettings, evaluate
 
     output = Path(args.output or f"results/{Path(args.model_dir).name}-{args.benchmark}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
     settings = EvalSettings(
         benchmark=args.benchmark, data_path=args.data_path, limit=args.limit, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, latency_items=args.latency_items, device=args.device, dtype=args.dtype,
@@ -188,7 +201,7 @@ def _base(args) -> int:
     from dartlm.model.base_lm import ensure_base
 
     settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
-    print(f"base model: {ensure_base(base_spec(settings), rebuild=args.rebuild)}")
+    print(f"base model: {ensure_base(base_spec(settings), rebuild=args.rebuild, shipped=args.shipped)}")
     return 0
 
 
@@ -207,7 +220,7 @@ def _compare(args) -> int:
     from dartlm.comparison import resolve_variants, run_comparison
 
     variants = resolve_variants(args.variants.split(","))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = int_list(args.seeds, "--seeds")
     run_comparison(variants, _comparison_settings(args), seeds, Path(args.output_dir), workers=args.workers,
                    latency_items=args.latency_items, split=args.eval_split)
     print(f"results: {Path(args.output_dir) / 'comparison.json'}, .md and .png")
@@ -217,8 +230,8 @@ def _compare(args) -> int:
 def _sweep(args) -> int:
     from dartlm.comparison import plot_sweep, run_comparison, sweep_variants
 
-    values = [int(c) for c in args.values.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    values = int_list(args.values, "--values")
+    seeds = int_list(args.seeds, "--seeds")
     out = Path(args.output_dir)
     summary = run_comparison(sweep_variants(values), _comparison_settings(args), seeds, out, workers=args.workers,
                              latency_items=args.latency_items, split=args.eval_split)
@@ -367,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "arithmetic text that the demo fine-tunes")
     regime_options(base)
     base.add_argument("--quick", action="store_true", help="the base of `dartlm demo --quick`")
-    base.add_argument("--rebuild", action="store_true", help="train it again even if it is cached")
+    which = base.add_mutually_exclusive_group()
+    which.add_argument("--rebuild", action="store_true", help="train it from scratch on this machine, replacing the "
+                       "cached one (the shipped base is used otherwise)")
+    which.add_argument("--shipped", action="store_true", help="put the base shipped with dartlm back in the cache")
     base.set_defaults(run=_base)
 
     def comparison_options(sub):
@@ -416,16 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     from dartlm.data.readers import DataError
     from dartlm.eval.evaluate import ResumeMismatchError
     from dartlm.eval.lm_eval_task import PromptNotExpressibleError
-    from dartlm.model.export import MergeMismatchError
+    from dartlm.model.base_lm import ShippedBaseError
+    from dartlm.model.export import ExportError, MergeMismatchError
     from dartlm.model.offline import OfflineModelError
     from dartlm.model.rem import UnsupportedArchitectureError
+    from dartlm.storage import LockedError
     from dartlm.training.run import RunError
     from dartlm.training.trainer import NonFiniteLossError
 
     try:
         return args.run(args)
-    except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError,
-            ResumeMismatchError, OfflineModelError, PromptNotExpressibleError) as err:
+    except (ConfigError, DataError, RunError, UnsupportedArchitectureError, FileNotFoundError, ExportError,
+            ResumeMismatchError, OfflineModelError, PromptNotExpressibleError, LockedError, ShippedBaseError) as err:
         print(f"dartlm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, MergeMismatchError) as err:

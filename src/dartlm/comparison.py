@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-from dartlm.demo import DemoSettings, method_config, prepare_data, shared_base
+from dartlm.config import ConfigError
+from dartlm.demo import DemoSettings, check_data, method_config, prepare_data, shared_base
+from dartlm.storage import OutputLock, digest, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def resolve_variants(names: list[str]) -> list[Variant]:
     for name in names:
         for label in GROUPS.get(name, [name]):
             if label not in VARIANTS:
-                raise ValueError(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}; groups: {', '.join(GROUPS)}")
+                raise ConfigError(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}; groups: "
+                                  f"{', '.join(GROUPS)}")
             teacher = VARIANTS[label].teacher
             for needed in ([teacher] if teacher else []) + [label]:
                 if needed not in labels:
@@ -124,8 +127,7 @@ def run_job(job: dict) -> dict:
     config = method_config(settings, variant.method, root / "data", run_dir, shared_base(settings),
                            settings.train_steps)
     for key, value in variant.overrides.items():
-        section, name = key.split(".")
-        setattr(getattr(config, section), name, value)
+        config.set(key, value, f"variant {variant.label}")
     if variant.teacher:
         config.method.ntp_teacher = str(root / "models" / variant.teacher)
     config.training.progress_bar = False
@@ -143,9 +145,8 @@ def run_job(job: dict) -> dict:
     result = {"label": variant.label, "seed": settings.seed, "split": split, "accuracy": scored["accuracy"]["strict"],
               "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"],
               "final_terms": final_terms(run_dir)}
-    path = Path(job["result_path"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result["fingerprint"] = job["fingerprint"]
+    write_json(Path(job["result_path"]), result)
     return result
 
 
@@ -158,21 +159,65 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
                    workers: int = 1, latency_items: int = 100, split: str = "test", log=print) -> dict:
     """Train and score every (seed, variant) on `split` (val to choose, test to report), then time every variant
     side by side; writes comparison.{json,md,png}."""
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ConfigError(f"seeds {seeds}: give each seed once")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_dir, "comparison folder"):
+        return _run_comparison(variants, settings, seeds, out_dir, workers, latency_items, split, log)
+
+
+# Settings that change how a run is saved or which methods a demo runs, not what a job trains.
+UNTRACKED_SETTINGS = ("save_every", "methods")
+
+
+def job_fingerprint(settings: DemoSettings, variant: Variant, split: str, data: str, base: str) -> str:
+    """What a job's result depends on: the settings, the variant, the split, the data and the base model."""
+    tracked = {k: v for k, v in asdict(settings).items() if k not in UNTRACKED_SETTINGS}
+    return digest({"settings": tracked, "variant": asdict(variant), "split": split, "data": data, "base": base})
+
+
+def base_identity(base_dir: Path | None) -> str:
+    """The base model a job fine-tunes: its build note (rebuilt base, new identity) or its path."""
+    if base_dir is None:
+        return "from scratch"
+    for note in ("dartlm_base.json", "dartlm_source.json"):
+        if (base_dir / note).is_file():
+            return digest((base_dir / note).read_text(encoding="utf-8", errors="replace"))
+    return str(base_dir)
+
+
+def finished_result(path: Path, fingerprint: str) -> bool:
+    """Whether path holds this job's result; a result of other settings is refused, never mixed in."""
+    if not path.is_file():
+        return False
+    try:
+        found = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return False  # unreadable (written by an older version, not atomically): done again
+    if found != fingerprint:
+        raise ConfigError(f"{path}: holds a result of other settings (fingerprint {found}, these settings give "
+                          f"{fingerprint}); use another --output-dir, or delete it to run it again")
+    return True
+
+
+def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_items, split, log) -> dict:
     started = time.perf_counter()
-    shared_base(settings, log)  # built once here, before the workers start, so that they never race for it
+    base = base_identity(shared_base(settings, log))  # built once here, before the workers, so they never race
     jobs = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
         current = replace(settings, seed=seed)
-        if not (seed_dir / "data" / "test.txt").is_file():
+        if not (seed_dir / "data").exists():
             prepare_data(current, seed_dir / "data")
+        data = check_data(current, seed_dir / "data")
         for variant in variants:
             result_path = job_path(out_dir, seed, variant, split)
-            if result_path.is_file():
+            fingerprint = job_fingerprint(current, variant, split, data, base)
+            if finished_result(result_path, fingerprint):
                 continue  # done in an earlier, interrupted run
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
-                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2, "split": split})
+                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2, "split": split,
+                         "fingerprint": fingerprint})
     log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
     # Two waves: the variants that learn from another's exported model run after every other job.
     waves = [[j for j in jobs if not j["variant"]["teacher"]], [j for j in jobs if j["variant"]["teacher"]]]
@@ -189,9 +234,9 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
     summary["split"] = split
     summary["wall_time_s"] = time.perf_counter() - started
     summary["workers"] = workers
-    (out_dir / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "comparison.json", summary)
     table = comparison_table(summary)
-    (out_dir / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    write_text(out_dir / "comparison.md", table + "\n")
     plot_comparison(summary, out_dir / "comparison.png")
     log("\n" + table)
     return summary
@@ -199,45 +244,14 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
 
 def measure_latency(variants: list[Variant], seed_dir: Path, items: int, *, warmup: int = 3, log=print) -> dict:
     """Batch-size-1 latency of every exported variant on the same test questions, interleaved."""
-    import torch
-
     from dartlm.eval.benchmarks import load_benchmark
-    from dartlm.eval.measure import machine_info, stopwatch, summarize
-    from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
+    from dartlm.eval.latency import interleaved_latency, not_timed
 
     if items <= 0:  # not timed (e.g. a long run whose timing is left for a quiet machine)
-        return {"machine": machine_info("cpu"), "n": 0, "variants": {
-            v.label: {"latency_ms": {"median": None, "n": 0}, "forward_passes": None, "new_tokens": None,
-                      "thought_tokens": None}
-            for v in variants}}
-    torch.set_num_threads(2)
-    loaded = {v.label: load_exported(seed_dir / "models" / v.label) for v in variants}
+        return not_timed([v.label for v in variants])
     questions = [i.question for i in load_benchmark("gsm8k", str(seed_dir / "data" / "test.txt"), limit=items)]
-    times: dict[str, list[float]] = {v.label: [] for v in variants}
-    passes: dict[str, list[int]] = {v.label: [] for v in variants}
-    tokens: dict[str, list[int]] = {v.label: [] for v in variants}
-    thoughts: dict[str, list[int]] = {v.label: [] for v in variants}
-    labels = [v.label for v in variants]
-    log(f"latency: {len(questions)} questions x {len(labels)} variants, batch size 1, interleaved")
-    for index, question in enumerate(questions):
-        order = labels[index % len(labels):] + labels[: index % len(labels)]
-        for label in order:
-            model, tokenizer, spec = loaded[label]
-            prompt = prompt_ids([question], tokenizer, spec)
-            for _ in range(warmup + 1 if index == 0 else 1):
-                with stopwatch("cpu") as watch:
-                    generations, count = decode_prompts(model, tokenizer, spec, prompt,
-                                                        max_new_tokens=default_max_new_tokens(spec))
-            times[label].append(watch["ms"])
-            passes[label].append(count)
-            tokens[label].append(generations[0].num_tokens)
-            # tokens in the model's context that are not the answer: <st>/<pause> tokens, continuous thoughts,
-            # and Quiet-STaR's thoughts (every one, though each is dropped after its token)
-            thoughts[label].append(generations[0].thought_tokens or spec.num_thought_tokens)
-    return {"machine": machine_info("cpu"), "n": len(questions), "variants": {
-        label: {"latency_ms": summarize(times[label]), "forward_passes": statistics.fmean(passes[label]),
-                "new_tokens": statistics.fmean(tokens[label]), "thought_tokens": statistics.fmean(thoughts[label])}
-        for label in labels}}
+    return interleaved_latency({v.label: seed_dir / "models" / v.label for v in variants}, questions, warmup=warmup,
+                               log=log)
 
 
 def answer_variety(scores: Path) -> dict | None:

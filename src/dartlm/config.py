@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors that name the file and the key, raised b
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -144,6 +145,19 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def set(self, key: str, value, where: str = "override") -> None:
+        """Set `section.key` to value, checked and coerced as in a config file (unknown keys are an error)."""
+        section_name, _, name = key.partition(".")
+        section = getattr(self, section_name, None) if section_name in {f.name for f in dataclasses.fields(self)} \
+            else None
+        if section is None or not name:
+            raise ConfigError(f"{where}: unknown key {key!r} (sections: "
+                              f"{', '.join(f.name for f in dataclasses.fields(self))})")
+        hints = typing.get_type_hints(type(section))
+        if name not in hints:
+            raise ConfigError(f"{where}: unknown key {key!r} (known in {section_name}: {', '.join(hints)})")
+        setattr(section, name, coerce_value(hints[name], value, where, key))
+
     def validate(self, where: str = "config") -> "Config":
         if not self.model.name_or_path and not self.model.architecture:
             raise ConfigError(f"{where}: model: set model.name_or_path (pretrained) or model.architecture (random init)")
@@ -152,6 +166,7 @@ class Config:
         for section, value in (("lora.rank", self.lora.rank), ("rem.rank", self.rem.rank)):
             if value <= 0:
                 raise ConfigError(f"{where}: {section} must be > 0, got {value}")
+        self._check_ranges(where)
         if self.training.bf16 not in (True, False, "auto"):
             raise ConfigError(f"{where}: training.bf16 must be auto, true or false, got {self.training.bf16!r}")
         if self.rem.placement not in ("input", "output"):
@@ -192,6 +207,43 @@ class Config:
         return self
 
 
+    def _check_ranges(self, where: str) -> None:
+        """Numbers that would only fail (or silently misbehave) deep inside training: refused here, before any run
+        folder is written."""
+        t, m = self.training, self.method
+
+        def finite(value) -> bool:
+            return isinstance(value, (int, float)) and math.isfinite(value)
+
+        rules = [
+            ("training.lr", t.lr, finite(t.lr) and t.lr > 0, "a finite number > 0"),
+            ("training.epochs", t.epochs, finite(t.epochs) and t.epochs > 0, "a finite number > 0"),
+            ("training.max_steps", t.max_steps, t.max_steps == -1 or t.max_steps > 0, "> 0, or -1 to use epochs"),
+            ("training.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+            ("training.grad_accum", t.grad_accum, t.grad_accum >= 1, ">= 1"),
+            ("training.weight_decay", t.weight_decay, finite(t.weight_decay) and t.weight_decay >= 0,
+             "a finite number >= 0"),
+            ("training.warmup_ratio", t.warmup_ratio, finite(t.warmup_ratio) and 0 <= t.warmup_ratio < 1,
+             "a fraction in [0, 1)"),
+            ("training.max_grad_norm", t.max_grad_norm, finite(t.max_grad_norm) and t.max_grad_norm > 0,
+             "a finite number > 0"),
+            ("training.logging_steps", t.logging_steps, t.logging_steps >= 1, ">= 1"),
+            ("training.save_steps", t.save_steps, t.save_steps >= 1, ">= 1"),
+            ("training.save_total_limit", t.save_total_limit, t.save_total_limit >= 0, ">= 0 (0 keeps all)"),
+            ("training.dataloader_workers", t.dataloader_workers, t.dataloader_workers >= 0, ">= 0"),
+            ("data.max_length", self.data.max_length, self.data.max_length >= 1, ">= 1"),
+            ("lora.alpha", self.lora.alpha, finite(self.lora.alpha) and self.lora.alpha > 0, "a finite number > 0"),
+            ("lora.dropout", self.lora.dropout, finite(self.lora.dropout) and 0 <= self.lora.dropout < 1,
+             "a fraction in [0, 1)"),
+            ("rem.alpha", self.rem.alpha, finite(self.rem.alpha) and self.rem.alpha > 0, "a finite number > 0"),
+            ("method.distill_weight", m.distill_weight, finite(m.distill_weight) and m.distill_weight >= 0,
+             "a finite number >= 0"),
+        ]
+        for name, value, ok, wanted in rules:
+            if not ok:
+                raise ConfigError(f"{where}: {name} must be {wanted}, got {value!r}")
+
+
 def resolve_config_path(name: str | Path) -> Path:
     """A path to a YAML file, or the name of a packaged config (e.g. `paper/llama-3.2-1b-dart`)."""
     path = Path(name)
@@ -223,8 +275,12 @@ def read_raw_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: inherit: cycle through {', '.join(str(p) for p in seen)}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     parent_name = raw.pop("inherit", None)
@@ -254,7 +310,11 @@ def apply_override(raw: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"override {override!r}: invalid value: {' '.join(str(err).split()) or 'nested too deeply'}"
+                          ) from None
 
 
 def from_dict(cls: type, data: Any, where: str, prefix: str = ""):
@@ -267,12 +327,17 @@ def from_dict(cls: type, data: Any, where: str, prefix: str = ""):
         raise ConfigError(f"{where}: {label}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
-        names = ", ".join(prefix + k for k in unknown)
+        names = ", ".join(shown(prefix + str(k)) for k in unknown)
         raise ConfigError(f"{where}: unknown key(s) {names} (known here: {', '.join(sorted(known))})")
     values = {name: coerce_value(hints[name], value, where, prefix + name) for name, value in data.items()}
     return cls(**values)
+
+
+def shown(name: str) -> str:
+    """A key as written in messages: as is when printable, quoted otherwise (an error stays one line)."""
+    return name if name.isprintable() else repr(name)
 
 
 def coerce_value(hint, value, where: str, label: str):

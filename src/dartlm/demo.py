@@ -12,21 +12,24 @@ plot, exports the DART model and lets it answer a few new questions.
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dartlm.config import Config
-from dartlm.data.synthetic import SyntheticTask, generate_problem, generate_splits, write_icot
+from dartlm.data.synthetic import SyntheticTask, generate_splits, write_icot
+from dartlm.eval.benchmarks import load_benchmark
 from dartlm.eval.evaluate import EvalSettings, evaluate
+from dartlm.eval.latency import interleaved_latency
 from dartlm.eval.report import markdown_table, plot_accuracy_vs_latency
-from dartlm.generate import generate, load_exported
 from dartlm.model.adapters import LLAMA_STYLE_TARGETS
 from dartlm.model.tiny import train_tokenizer
+from dartlm.storage import OutputLock, write_json, write_text
 from dartlm.training.run import export_run, train, write_run_card
 
 METHODS = ("nocot", "cot", "pause", "dart")
+LATENCY_ITEMS = 100  # questions timed side by side, at batch size 1
+SHOWN_ANSWERS = 4  # evaluated questions printed with every method's answer
 # LoRA targets of the demo's Llama-style model: the paper's (attention), or every linear layer of the blocks.
 LORA_TARGETS = {"attention": LLAMA_STYLE_TARGETS, "all": LLAMA_STYLE_TARGETS + ("gate_proj", "up_proj", "down_proj")}
 
@@ -199,36 +202,73 @@ def pretrain_base(settings: DemoSettings, data_dir: Path, out_dir: Path, log) ->
     return base_dir
 
 
+DATA_MANIFEST = "dartlm_data.json"
+# The settings the generated data depend on; a data folder made under others is never reused.
+DATA_FIELDS = ("task_steps", "max_value", "operations", "n_train", "n_val", "n_test", "vocab_size", "seed")
+
+
+def data_identity(settings: DemoSettings) -> dict:
+    return {name: getattr(settings, name) for name in DATA_FIELDS}
+
+
 def prepare_data(settings: DemoSettings, data_dir: Path) -> dict[str, list]:
-    """Splits written as iCoT text files, and a tokenizer trained on the training text."""
+    """Splits written as iCoT text files, and a tokenizer trained on the training text.
+
+    The folder is written whole under a temporary name with its manifest (the settings it was made from, every
+    file's sha256) and renamed into place.
+    """
+    from dartlm.storage import file_hashes, remove_tree, replace_folder, staging_folder, write_json
+
     task = SyntheticTask(steps=settings.task_steps, max_value=settings.max_value, operations=settings.operations,
                          seed=settings.seed)
     splits = generate_splits(task, settings.n_train, settings.n_val, settings.n_test)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, examples in splits.items():
-        write_icot(examples, data_dir / f"{name}.txt")
-    texts = [f"{e.question} {e.cot} Answer: {e.answer}" for e in splits["train"]]
-    train_tokenizer(texts, vocab_size=settings.vocab_size).save_pretrained(data_dir / "tokenizer")
+    staged = staging_folder(data_dir)
+    try:
+        for name, examples in splits.items():
+            write_icot(examples, staged / f"{name}.txt")
+        texts = [f"{e.question} {e.cot} Answer: {e.answer}" for e in splits["train"]]
+        train_tokenizer(texts, vocab_size=settings.vocab_size).save_pretrained(staged / "tokenizer")
+        write_json(staged / DATA_MANIFEST, {"settings": data_identity(settings), "files": file_hashes(staged)})
+        replace_folder(staged, data_dir)
+    finally:
+        remove_tree(staged)
     return splits
 
 
-def new_questions(settings: DemoSettings, seen: set[str], count: int = 3) -> list:
-    """Problems from another seed that none of the splits contains."""
-    task = SyntheticTask(steps=settings.task_steps, max_value=settings.max_value, operations=settings.operations,
-                         seed=settings.seed + 1000)
-    rng = random.Random(task.seed)
-    fresh = []
-    while len(fresh) < count:
-        example = generate_problem(task, rng)
-        if example.question not in seen:
-            fresh.append(example)
-    return fresh
+def check_data(settings: DemoSettings, data_dir: Path) -> str:
+    """The fingerprint of an existing data folder made from these settings; refuses any other folder."""
+    from dartlm.config import ConfigError
+    from dartlm.storage import digest, file_hashes
+
+    path = data_dir / DATA_MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        made_from, listed = manifest["settings"], manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{data_dir}: not a data folder written by this version of dartlm (no readable "
+                          f"{DATA_MANIFEST}); use another --output-dir or delete it") from None
+    wanted = data_identity(settings)
+    differing = [k for k in wanted if made_from.get(k) != wanted[k]]
+    if differing:
+        raise ConfigError(f"{data_dir}: holds data made with other settings ({', '.join(differing)} differ); use "
+                          "another --output-dir")
+    files = file_hashes(data_dir, exclude=(DATA_MANIFEST,))
+    if files != listed:
+        changed = sorted(n for n in set(files) | set(listed) if files.get(n) != listed.get(n))
+        raise ConfigError(f"{data_dir}: files changed since the data were written ({', '.join(changed[:5])}); "
+                          "delete the folder to regenerate it")
+    return digest(files)
 
 
 def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test", log=print) -> dict:
     """Train, evaluate and export every method; returns the summary (also written to out_dir/demo.json)."""
-    started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_dir, "demo folder"):
+        return _run_demo(settings, out_dir, eval_split, log)
+
+
+def _run_demo(settings: DemoSettings, out_dir: Path, eval_split: str, log) -> dict:
+    started = time.perf_counter()
     data_dir = out_dir / "data"
     splits = prepare_data(settings, data_dir)
     log(f"task: {settings.task_steps}-step problems, operands 1..{settings.max_value}, ops {settings.operations}; "
@@ -250,17 +290,23 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
         model_dir = out_dir / "models" / method
         check = export_run(run_dir, model_dir, force=True, log=log)
         clock = time.perf_counter()
+        # Accuracy batched; latency afterwards, every model side by side (below).
         result = evaluate(model_dir, EvalSettings(benchmark="gsm8k", data_path=str(data_dir / f"{eval_split}.txt"),
-                                                  batch_size=1), out_dir / "results" / f"{method}.json")
+                                                  batch_size=32, latency_items=0),
+                          out_dir / "results" / f"{method}.json", progress=False)
         timings[method]["eval_s"] = time.perf_counter() - clock
         write_run_card(run_dir, model_dir, check=check, results=[result])
         result["label"] = method
         results.append(result)
+    timed = interleaved_latency({r["label"]: out_dir / "models" / r["label"] for r in results},
+                                [e.question for e in splits[eval_split][:LATENCY_ITEMS]], log=log)
+    for result in results:
+        result["latency_ms"] = timed["variants"][result["label"]]["latency_ms"]
     table = demo_table(results)
     log("\n" + table)
     plot_accuracy_vs_latency(results, out_dir / "demo.png")
-    (out_dir / "demo.md").write_text(table + "\n\n" + markdown_table(results) + "\n", encoding="utf-8")
-    show_answers(settings, out_dir / "models" / "dart", splits, log)
+    write_text(out_dir / "demo.md", table + "\n\n" + markdown_table(results) + "\n")
+    show_answers(out_dir, results, log)
     summary = {
         "settings": asdict(settings),
         "eval_split": eval_split,
@@ -271,7 +317,7 @@ def run_demo(settings: DemoSettings, out_dir: Path, *, eval_split: str = "test",
         "machine": results[0]["machine"] if results else {},
         "wall_time_s": time.perf_counter() - started,
     }
-    (out_dir / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_dir / "demo.json", summary)
     log(f"\nwrote {out_dir / 'demo.json'}, {out_dir / 'demo.md'} and {out_dir / 'demo.png'} "
         f"in {summary['wall_time_s'] / 60:.1f} min")
     return summary
@@ -285,12 +331,24 @@ def demo_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def show_answers(settings: DemoSettings, model_dir: Path, splits, log) -> None:
-    if not model_dir.is_dir():
-        return
-    seen = {e.question for examples in splits.values() for e in examples}
-    questions = new_questions(settings, seen)
-    model, tokenizer, spec = load_exported(model_dir)
-    log(f"\nThe exported DART model ({model_dir}, a plain {type(model).__name__}) on new questions:")
-    for example, g in zip(questions, generate(model, tokenizer, spec, [e.question for e in questions])):
-        log(f"  Q: {example.question}\n  A: {g.answer}   (reference {example.answer}; CoT it never wrote: {example.cot})")
+def show_answers(out_dir: Path, results: list[dict], log, count: int = SHOWN_ANSWERS) -> None:
+    """A few evaluated questions with every method's answer beside the reference, each marked right or wrong."""
+    import json
+
+    answers = {}
+    for result in results:
+        stream = out_dir / "results" / f"{result['label']}.jsonl"
+        records = [json.loads(line) for line in stream.read_text(encoding="utf-8").splitlines()]
+        answers[result["label"]] = {r["id"]: r for r in records if r.get("type") == "item"}
+    questions = {item.id: item for item in load_benchmark("gsm8k", results[0]["data"])}
+    shown = list(questions)[:count]
+    log(f"\n{len(shown)} of the evaluated questions, every method's answer (right: +, wrong: -):")
+    for item_id in shown:
+        item = questions[item_id]
+        log(f"  Q: {item.question}\n     reference {item.target} (its chain of thought: "
+            f"{' '.join(item.reference_steps)})")
+        cells = []
+        for label, records in answers.items():
+            record = records[item_id]
+            cells.append(f"{label} {record['strict_prediction'] or '(none)'} {'+' if record['strict'] else '-'}")
+        log("     " + " | ".join(cells))

@@ -13,7 +13,7 @@ from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, build_pathway, pad_pathways, segment_example
 from dartlm.decoding import SequenceRunner, greedy_continue, greedy_decode
 from dartlm.latent import run_thoughts, thought_projection
-from dartlm.model.export import PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
+from dartlm.model.export import ExportError, PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
 from dartlm.quiet import QuietHead, quiet_decode
 
 
@@ -29,8 +29,12 @@ class Generation:
 def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer, prompt spec) of a folder written by `dartlm export`; the model is a stock HF model."""
     spec = PromptSpec.load(Path(folder))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except (OSError, ValueError, KeyError, TypeError) as err:  # config.json or weights missing or garbled
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{folder}: cannot load the exported model: {first}") from None
     hidden = model.get_input_embeddings().weight.shape[1]
     # CODI's thought projection and Quiet-STaR's head are not part of the architecture; they travel beside it.
     if spec.projection:

@@ -40,6 +40,35 @@ class DataError(ValueError):
     """Bad input data; the message names file, line and field."""
 
 
+_MAX_DIGITS = 4000  # Python refuses to convert longer integer strings (sys.get_int_max_str_digits)
+
+
+class TooLongNumber:
+    """A JSON integer too long to convert; the record that holds it is invalid (and only that record)."""
+
+    def __init__(self, text: str):
+        self.digits = len(text.lstrip("-"))
+
+
+def _bounded_int(text: str):
+    return int(text) if len(text) <= _MAX_DIGITS else TooLongNumber(text)
+
+
+# Every JSON reader of the project decodes through this: an absurd integer becomes a value that the record checks
+# refuse (one record, one line), instead of a ValueError that escapes --skip-invalid.
+JSON_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+
+
+def loads(text: str, where: str):
+    """One JSON value, or DataError naming where (also for nesting too deep for the parser)."""
+    try:
+        return JSON_DECODER.decode(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON: nested too deeply") from None
+
+
 @dataclass
 class ReadReport:
     """What one `read_examples` call returned and which invalid records it skipped."""
@@ -173,17 +202,13 @@ def _parse_icot(text: str, where: str) -> Example:
 
 def _parse_jsonl(text: str, where: str) -> Example:
     """One JSON object line."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
-    return _from_object(obj, where, allow_cot=True)
+    return _from_object(loads(text, where), where, allow_cot=True)
 
 
 def _read_coconut(name: str, data: bytes) -> Iterator[Outcome]:
     """Walk the top-level list element by element so each record knows its starting line."""
     text = _decode(data, name, 1).removeprefix(_BOM)
-    decoder = json.JSONDecoder()
+    decoder = JSON_DECODER
     pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
         value, _ = _raw_decode(decoder, text, pos, name)
@@ -210,6 +235,8 @@ def _raw_decode(decoder: json.JSONDecoder, text: str, pos: int, name: str) -> tu
         return decoder.raw_decode(text, pos)
     except json.JSONDecodeError as e:
         raise DataError(f"{name}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{name}:{_line(text, pos)}: invalid JSON: nested too deeply") from None
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -312,6 +339,8 @@ def _check_numeric(example: Example) -> Outcome:
 
 def _type(value: Any) -> str:
     """JSON-flavoured type name for error messages."""
+    if isinstance(value, TooLongNumber):
+        return f"an integer of {value.digits} digits (too long)"
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from dartlm.data.readers import DataError, read_examples
+from dartlm.data.readers import JSON_DECODER, DataError, loads, read_examples
 from dartlm.eval.answers import canonical_number
 
 _ANNOTATION = re.compile(r"<<.*?>>", re.S)
@@ -177,23 +177,22 @@ def _jsonl_records(path: str) -> Iterator[tuple[Any, str]]:
     """(record, "path:line") for every non-blank line."""
     for number, line in enumerate(_read_text(path).split("\n"), start=1):
         if line.strip():
-            try:
-                yield json.loads(line), f"{path}:{number}"
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno})") from None
+            yield loads(line, f"{path}:{number}"), f"{path}:{number}"
 
 
 def _json_list_records(path: str) -> Iterator[tuple[Any, str]]:
     """(element, "path:line") for a JSON list, each element located by the line it starts on."""
     text = _read_text(path)
     try:
-        data = json.loads(text)
+        data = JSON_DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise DataError(f"{path}:1: expected a JSON list of records, got {type(data).__name__}")
     # The file is valid JSON, so re-walking it with raw_decode from each element's offset cannot fail.
-    decoder, pos = json.JSONDecoder(), text.index("[") + 1
+    decoder, pos = JSON_DECODER, text.index("[") + 1
     for _ in data:
         pos = _BETWEEN.match(text, pos).end()
         element, end = decoder.raw_decode(text, pos)

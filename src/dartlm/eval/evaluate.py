@@ -7,7 +7,6 @@ is being evaluated; resuming against a different model, benchmark, data file or 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,9 +20,10 @@ from dartlm.eval.answers import score_answer
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.eval.measure import machine_info, stopwatch, summarize
 from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids, without_thoughts
-from dartlm.model.export import PromptSpec
+from dartlm.model.export import PromptSpec, model_fingerprint
+from dartlm.storage import OutputLock, sha256_file, write_json, write_text
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2  # 2: the model is identified by every file's sha256, the data by its whole content
 
 
 class ResumeMismatchError(ValueError):
@@ -43,26 +43,31 @@ class EvalSettings:
     dtype: str = "float32"
     without_thoughts: bool = False  # Quiet-STaR models: answer from the thought-free state alone (an ablation)
 
+    def __post_init__(self):
+        from dartlm.config import ConfigError
 
-def file_fingerprint(path: Path, limit: int = 1 << 22) -> str:
-    """sha256 of the size and the first 4 MiB: cheap, and changes when the weights or data change."""
-    digest = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(limit))
-    return digest.hexdigest()[:16]
+        for name, value, low in (("batch_size", self.batch_size, 1), ("limit", self.limit, 0),
+                                 ("max_new_tokens", self.max_new_tokens, 1), ("warmup", self.warmup, 0),
+                                 ("latency_items", self.latency_items, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"eval: {name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"eval: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
 
-def stream_header(model_dir: Path, spec: PromptSpec, settings: EvalSettings, max_new_tokens: int) -> dict:
-    weights = sorted(model_dir.glob("*.safetensors"))
+def stream_header(model_dir: Path, spec: PromptSpec, settings: EvalSettings, max_new_tokens: int,
+                  fingerprint: str | None = None) -> dict:
     data = Path(settings.data_path) if settings.data_path else None
     return {
         "type": "header",
         "version": STREAM_VERSION,
         "model": str(model_dir.resolve()),
-        "model_fingerprint": file_fingerprint(weights[0]) if weights else "",
+        # every file of the model (weights, config, tokenizer, prompt), not only a part of one: an export
+        # re-made into the same folder is another model
+        "model_fingerprint": fingerprint or model_fingerprint(model_dir),
         "benchmark": settings.benchmark,
         "data": str(data.resolve()) if data else None,
-        "data_fingerprint": file_fingerprint(data) if data and data.is_file() else None,
+        "data_fingerprint": sha256_file(data)[:16] if data and data.is_file() else None,
         "max_new_tokens": max_new_tokens,
         "prompt": asdict(spec),
         "dtype": settings.dtype,
@@ -75,9 +80,14 @@ def open_stream(path: Path, header: dict) -> tuple[dict[str, dict], dict[str, fl
         _append(path, [header])
         return {}, {}
     records, latencies = {}, {}
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         lines = handle.read().splitlines()
-    first = json.loads(lines[0])
+    try:
+        first = json.loads(lines[0])
+        assert isinstance(first, dict) and first.get("type") == "header"
+    except (ValueError, AssertionError, RecursionError, IndexError):
+        raise ResumeMismatchError(f"{path}:1: not a dartlm eval stream (no header); pass another --output or "
+                                  "delete the file") from None
     keys = [k for k in header if k != "type"]
     differing = [k for k in keys if first.get(k) != header[k]]
     if differing:
@@ -88,16 +98,17 @@ def open_stream(path: Path, header: dict) -> tuple[dict[str, dict], dict[str, fl
     for number, line in enumerate(lines[1:], start=2):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+            kind = record["type"]
+            if kind == "item":
+                records[record["id"]] = record
+            elif kind == "latency":
+                latencies[record["id"]] = float(record["ms"])
+        except (ValueError, KeyError, TypeError, RecursionError):
             if number < len(lines):
-                raise ValueError(f"{path}:{number}: corrupt record") from None
+                raise ResumeMismatchError(f"{path}:{number}: corrupt record; delete the file to start over") from None
             # The last line was cut by a kill: drop it, so the item is redone and appends stay well-formed.
-            path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+            write_text(path, "\n".join(lines[:-1]) + "\n")
             break
-        if record["type"] == "item":
-            records[record["id"]] = record
-        elif record["type"] == "latency":
-            latencies[record["id"]] = record["ms"]
     return records, latencies
 
 
@@ -125,15 +136,28 @@ def score_record(item: BenchmarkItem, generation, spec: PromptSpec) -> dict:
 def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress: bool = True) -> dict:
     """Evaluate, stream per-item records to output.with_suffix('.jsonl'), write the summary JSON to output."""
     model_dir = Path(model_dir)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
-    model, tokenizer, spec = load_exported(model_dir, settings.device, dtype)
+    fingerprint = model_fingerprint(model_dir)  # before loading: a folder changed since its export is refused
+    spec = PromptSpec.load(model_dir)
     if settings.without_thoughts:
         spec = without_thoughts(spec)
     items = load_benchmark(settings.benchmark, settings.data_path, limit=settings.limit)
     max_new = settings.max_new_tokens or default_max_new_tokens(spec)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    header = stream_header(model_dir, spec, settings, max_new, fingerprint)
     stream = output.with_suffix(".jsonl")
-    done, latencies = open_stream(stream, stream_header(model_dir, spec, settings, max_new))
+    if stream.is_file() and stream.stat().st_size:
+        open_stream(stream, header)  # a stream of another evaluation is refused before any model loads
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
+    model, tokenizer, _ = load_exported(model_dir, settings.device, dtype)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(output, "evaluation output"):
+        done, latencies = open_stream(stream, header)
+        results = _evaluate(model_dir, fingerprint, settings, output, model, tokenizer, spec, items, max_new,
+                            progress, stream, done, latencies)
+    return results
+
+
+def _evaluate(model_dir, fingerprint, settings, output, model, tokenizer, spec, items, max_new, progress, stream, done,
+              latencies) -> dict:
     prompts = dict(zip((i.id for i in items), prompt_ids([i.question for i in items], tokenizer, spec)))
 
     def run(batch_items):
@@ -170,7 +194,8 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
             _append(stream, [{"type": "latency", "id": item.id, "ms": watch["ms"]}])
 
     results = summarize_results(items, done, latencies, spec, settings, model_dir, batch_ms)
-    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    results["model_fingerprint"] = fingerprint
+    write_json(output, results)
     return results
 
 

@@ -13,19 +13,23 @@ CODI) cannot be prompted with text and are refused.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from transformers import AutoTokenizer
 
+from dartlm.config import ConfigError
 from dartlm.data.layout import PromptFormat
 from dartlm.eval.benchmarks import load_benchmark
 from dartlm.generate import default_max_new_tokens, prompt_ids
 from dartlm.model.export import PromptSpec
+from dartlm.storage import write_text
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
 BASE_TASK = TASKS_DIR / "dartlm_task.yaml"
+TASK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class PromptNotExpressibleError(ValueError):
@@ -61,10 +65,13 @@ def write_lm_eval_task(model_dir: Path, benchmark: str, data_path: Path, out_dir
                        limit: int | None = None, name: str | None = None) -> TaskFiles:
     """Write <out_dir>/<name>.yaml and its data file <name>.jsonl; returns what was written."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    name = name or f"dartlm_{benchmark.replace('-', '_')}"
+    if not TASK_NAME.fullmatch(name):
+        raise ConfigError(f"--name {name!r}: a task name is letters, digits, '_', '-' and '.' and does not start "
+                          "with '.' (it names files inside --output)")
     spec = PromptSpec.load(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     items = load_benchmark(benchmark, data_path, limit=limit)
-    name = name or f"dartlm_{benchmark.replace('-', '_')}"
     docs = []
     for item, expected in zip(items, prompt_ids([i.question for i in items], tokenizer, spec)):
         text = prompt_text(item.question, spec)
@@ -80,7 +87,7 @@ def write_lm_eval_task(model_dir: Path, benchmark: str, data_path: Path, out_dir
                      "kind": item.kind, "separator": spec.separator, "decode": spec.decode})
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    write_text(data, "".join(json.dumps(d) + "\n" for d in docs))
     task = {
         "include": str(BASE_TASK),
         "task": name,
@@ -91,5 +98,5 @@ def write_lm_eval_task(model_dir: Path, benchmark: str, data_path: Path, out_dir
     header = (f"# Written by `dartlm lm-eval-task` for {model_dir} ({spec.method}, C = {spec.num_thought_tokens}) "
               f"on {len(docs)} items of {benchmark} from {data_path}.\n")
     path = out_dir / f"{name}.yaml"
-    path.write_text(header + yaml.safe_dump(task, sort_keys=False), encoding="utf-8")
+    write_text(path, header + yaml.safe_dump(task, sort_keys=False))
     return TaskFiles(name, path, data, len(docs))

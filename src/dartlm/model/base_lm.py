@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dartlm.data.arithmetic_text import ArithmeticText, corpus
-from dartlm.model.offline import cache_dir, publish
+from dartlm.model.offline import cache_dir
+from dartlm.storage import OutputLock, digest, file_hashes, replace_folder, staging_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,78 @@ def is_built(folder: Path) -> bool:
     return (folder / BASE_FILE).is_file()
 
 
-def ensure_base(spec: BaseModelSpec, *, rebuild: bool = False, log=print) -> Path:
-    """The cached base folder for spec, built first when missing (or when rebuild)."""
+# Bases shipped inside the package (dartlm/assets/base/<cache folder name>/), so that every machine fine-tunes the
+# very same weights: a base built on another CPU differs by rounding from the first step on.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
+SHIPPED_FILE = "dartlm_shipped.json"  # sha256 of every file of a shipped base
+
+
+class ShippedBaseError(RuntimeError):
+    """A shipped base does not match its recorded hashes."""
+
+
+def shipped_base(spec: BaseModelSpec) -> Path | None:
+    """The base shipped in the package for exactly these settings, if there is one."""
+    folder = SHIPPED_DIR / spec.folder().name
+    return folder if (folder / SHIPPED_FILE).is_file() else None
+
+
+def verify_shipped(folder: Path) -> dict:
+    """The shipped base's record, after checking every file against its sha256 (ShippedBaseError if not)."""
+    record = json.loads((folder / SHIPPED_FILE).read_text(encoding="utf-8"))
+    found = file_hashes(folder, exclude=(SHIPPED_FILE,))
+    if found != record["files"]:
+        changed = sorted(n for n in set(found) | set(record["files"]) if found.get(n) != record["files"].get(n))
+        raise ShippedBaseError(f"{folder}: the shipped base does not match its hashes ({', '.join(changed)}); "
+                               "reinstall dartlm, or build a base with `dartlm base --rebuild`")
+    return record
+
+
+def ship_base(spec: BaseModelSpec, source: Path, dest_root: Path = SHIPPED_DIR) -> Path:
+    """Copy a built base into the package tree with the sha256 of every file (a maintainer's step)."""
+    dest = dest_root / spec.folder().name
+    staged = staging_folder(dest)
+    try:
+        for path in sorted(source.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                shutil.copy2(path, staged / path.name)
+        files = file_hashes(staged)
+        write_json(staged / SHIPPED_FILE, {"spec": asdict(spec), "files": files, "content": digest(files)})
+        replace_folder(staged, dest)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return dest
+
+
+def ensure_base(spec: BaseModelSpec, *, rebuild: bool = False, shipped: bool = False, log=print) -> Path:
+    """The cached base folder for spec: the cached one; else the one shipped in the package (checked against its
+    hashes and copied into the cache); else built from scratch. `rebuild` builds it from scratch whatever is there,
+    `shipped` puts the shipped one back.
+
+    Builders take turns (a second one waits for the first, then finds the base ready); readers never wait: a new
+    base takes the old one's place in one rename, so a reader always finds a complete base.
+    """
     folder = spec.folder()
-    if is_built(folder) and not rebuild:
+    if is_built(folder) and not (rebuild or shipped):
         return folder
-    return build_base(spec, folder, log=log)
+    with OutputLock(folder, "base model", wait=True):
+        if is_built(folder) and not (rebuild or shipped):
+            return folder  # another process made it while this one waited
+        source = shipped_base(spec)
+        if shipped and source is None:
+            raise ShippedBaseError(f"no base is shipped for these settings ({folder.name}); shipped: "
+                                   f"{', '.join(p.name for p in SHIPPED_DIR.glob('*')) or 'none'}")
+        if source is not None and not rebuild:
+            record = verify_shipped(source)
+            staged = staging_folder(folder)
+            try:
+                shutil.copytree(source, staged, dirs_exist_ok=True)
+                replace_folder(staged, folder)
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+            log(f"base model: the one shipped with dartlm ({source.name}, content {record['content']})")
+            return folder
+        return build_base(spec, folder, log=log)
 
 
 def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
@@ -121,10 +188,8 @@ def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
                 "tokens_seen": spec.steps * spec.batch_size * spec.seq_len, "corpus_tokens": data.blocks.numel(),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "train_s": round(time.perf_counter() - started, 1)}
-        (tmp / BASE_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        publish(tmp, folder, is_built, BASE_FILE)
+        write_json(tmp / BASE_FILE, note)  # last: the folder is a finished build
+        replace_folder(tmp, folder)  # an old base is swapped out by rename, never deleted first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"base model ready in {note['train_s']:.0f} s (final LM loss {note['final_loss']})")

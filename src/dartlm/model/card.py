@@ -284,6 +284,8 @@ def render_card(spec: PromptSpec, tokenizer, config, *, check=None, results: lis
 
 
 def write_model_card(folder: Path, spec: PromptSpec, tokenizer, config, **kwargs) -> Path:
+    from dartlm.storage import write_text
+
     path = Path(folder) / CARD_FILE
-    path.write_text(render_card(spec, tokenizer, config, **kwargs), encoding="utf-8")
+    write_text(path, render_card(spec, tokenizer, config, **kwargs))
     return path

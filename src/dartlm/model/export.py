@@ -19,6 +19,11 @@ from dartlm.model.adapters import is_peft
 from dartlm.model.rem import merge_rem, rem_wrappers
 
 PROMPT_FILE = "dartlm_prompt.json"
+# Every file of the export with its sha256, written last when the export is made: the export's identity (results
+# name it) and its completion marker. The model card (README.md) is left out: it is rewritten once the model is
+# evaluated.
+MANIFEST_FILE = "dartlm_export.json"
+CARD_FILE = "README.md"
 PROJECTION_FILE = "latent_projection.safetensors"
 QUIET_HEAD_FILE = "quiet_head.safetensors"
 # Modules of a method's own that are not part of the base architecture: written beside the merged model.
@@ -27,6 +32,10 @@ SIDE_MODULES = {"latent_projection": PROJECTION_FILE, "quiet_head": QUIET_HEAD_F
 
 class MergeMismatchError(RuntimeError):
     """The merged model does not reproduce the adapter model within tolerance; nothing was written."""
+
+
+class ExportError(ValueError):
+    """An exported folder is incomplete, tampered with, or not an export; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -53,16 +62,47 @@ class PromptSpec:
     format_version: int = 1
 
     def save(self, folder: Path) -> None:
-        (folder / PROMPT_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        from dartlm.storage import write_json
+
+        write_json(folder / PROMPT_FILE, asdict(self))
 
     @classmethod
     def load(cls, folder: Path) -> "PromptSpec":
         path = Path(folder) / PROMPT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: no {PROMPT_FILE}; is this a folder written by `dartlm export`?")
-        fields = json.loads(path.read_text(encoding="utf-8"))
-        if fields.get("latent_markers"):
-            fields["latent_markers"] = tuple(fields["latent_markers"])
+        try:
+            fields = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise ExportError(f"{path}: not a valid prompt file: {str(err).splitlines()[0][:200]}") from None
+        return cls.from_fields(fields, str(path))
+
+    @classmethod
+    def from_fields(cls, fields, where: str) -> "PromptSpec":
+        """A spec from its JSON fields, each checked: a tampered file is one error naming the field."""
+        if not isinstance(fields, dict):
+            raise ExportError(f"{where}: expected a JSON object, got {type(fields).__name__}")
+        kinds = {"method": str, "num_thought_tokens": int, "thought_token": (str, type(None)), "separator": str,
+                 "joiner": str, "decode": str, "latent_markers": (list, type(None)), "projection": bool,
+                 "quiet_n_ahead": int, "format_version": int}
+        unknown = sorted(set(fields) - set(kinds))
+        missing = sorted({"method", "num_thought_tokens", "thought_token", "separator"} - set(fields))
+        if unknown or missing:
+            raise ExportError(f"{where}: " + "; ".join(
+                part for part in (unknown and f"unknown field(s) {', '.join(map(repr, unknown))}",
+                                  missing and f"missing field(s) {', '.join(missing)}") if part))
+        for name, value in fields.items():
+            kind = kinds[name]
+            wrong_bool = isinstance(value, bool) and kind is int
+            if wrong_bool or not isinstance(value, kind):
+                raise ExportError(f"{where}: {name}: unexpected value {value!r}")
+        if fields["num_thought_tokens"] < 0 or fields.get("quiet_n_ahead", 0) < 0:
+            raise ExportError(f"{where}: num_thought_tokens and quiet_n_ahead must be >= 0")
+        markers = fields.get("latent_markers")
+        if markers is not None:
+            if len(markers) != 2 or not all(isinstance(m, str) for m in markers):
+                raise ExportError(f"{where}: latent_markers: expected two strings, got {markers!r}")
+            fields = {**fields, "latent_markers": tuple(markers)}
         return cls(**fields)
 
 
@@ -162,3 +202,44 @@ def export_model(model: nn.Module, tokenizer, spec: PromptSpec, probe: dict[str,
         f"(float64, tolerance {tolerance:g}x)")
     save_plain_model(merged, tokenizer, spec, out_dir, dtype)
     return check
+
+
+def export_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file of an export that its behaviour depends on (the model card and manifest aside)."""
+    from dartlm.storage import file_hashes
+
+    return file_hashes(Path(folder), exclude=(MANIFEST_FILE, CARD_FILE))
+
+
+def write_manifest(folder: Path, **info) -> dict:
+    """Record every file's sha256 in the export (written last: a folder with it is a finished export)."""
+    from dartlm.storage import digest, write_json
+
+    files = export_files(folder)
+    manifest = {"format": 1, "fingerprint": digest(files), "files": files, **info}
+    write_json(Path(folder) / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def model_fingerprint(folder: Path) -> str:
+    """The identity of a model folder: a digest of every file's sha256, computed from the files now.
+
+    For a dartlm export, the files must still be the ones its manifest lists; a folder changed since its export
+    (a file edited, added, removed, or left half-written) is refused, naming the files.
+    """
+    from dartlm.storage import digest
+
+    folder = Path(folder)
+    files = export_files(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if manifest_path.is_file():
+        try:
+            listed = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+            assert isinstance(listed, dict)
+        except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError):
+            raise ExportError(f"{manifest_path}: unreadable export manifest") from None
+        changed = sorted(name for name in set(files) | set(listed) if files.get(name) != listed.get(name))
+        if changed:
+            raise ExportError(f"{folder}: files changed since the export was written: {', '.join(changed[:5])}"
+                              f"{' ...' if len(changed) > 5 else ''}; export it again")
+    return digest(files)

@@ -6,10 +6,8 @@ reused afterwards. It is a lossy copy of the Instruct model, not the original we
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from dartlm.storage import sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,6 @@ def resolve_model_alias(name: str, *, prefer_hub: bool | None = None) -> str:
     return str(convert_gguf(gguf_path, target, CACHE_DTYPE, source=source))
 
 
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_dequantised(gguf_path: Path, out_dir: Path, dtype: torch.dtype) -> None:
     """Dequantise the GGUF with transformers and save model + tokenizer as a plain HF folder."""
     if gguf_missing():
@@ -179,9 +170,9 @@ def convert_gguf(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save(gguf_path, tmp, dtype)
-        note = dict(source or {}, gguf_file=gguf_path.name, gguf_sha256=sha256(gguf_path), dtype=str(dtype))
+        note = dict(source or {}, gguf_file=gguf_path.name, gguf_sha256=sha256_file(gguf_path), dtype=str(dtype))
         note["note"] = "dequantised from a 4-bit (Q4_1) GGUF: a lossy copy, not the original weights"
-        (tmp / SOURCE_FILE).write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / SOURCE_FILE, note)
         publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -277,7 +277,9 @@ def fused_layout(attention: nn.Module) -> FusedLayout | None:
     Raises UnsupportedArchitectureError for a fused projection of an unknown family.
     """
     kind = type(attention).__name__
-    if hasattr(attention, "c_attn"):  # GPT-2: Conv1D(3n, n) -> [q | k | v]
+    # The layout is chosen by the architecture, never by the attribute's name alone: GPT-BigCode also calls its
+    # fused projection `c_attn`, laid out otherwise (multi-query: [q | k | v] with one K/V head).
+    if kind.startswith("GPT2") and hasattr(attention, "c_attn"):  # GPT-2: Conv1D(3n, n) -> [q | k | v]
         if getattr(attention, "is_cross_attention", False):
             return None
         n = _projection_features(attention.c_attn)
@@ -326,10 +328,12 @@ def _attention_like_classes(model: nn.Module) -> set[str]:
     return {type(m).__name__ for m in model.modules() if "attention" in type(m).__name__.lower()}
 
 
-def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
+def inject_rem(model: nn.Module, settings: RemSettings, *, verify: bool = True) -> list[nn.Module]:
     """Wrap the K/V inputs of every self-attention module with REM (identity at init); returns the wrappers.
 
     Inject after LoRA, so that REM's transformed input reaches the LoRA branch of k/v as well as the base weight.
+    With verify (the default), `verify_placement` then checks on the model itself that REM reaches the key and
+    value states and nothing else.
     """
     wrappers: list[nn.Module] = []
     for _, attn, layout in find_attention_sites(model):
@@ -349,7 +353,88 @@ def inject_rem(model: nn.Module, settings: RemSettings) -> list[nn.Module]:
         # Adapters live in fp32 (as PEFT keeps LoRA) on the model's device, whatever the base dtype.
         for rem in _rems(wrapper):
             rem.to(device=reference.device, dtype=torch.float32)
+    if verify:
+        verify_placement(model, wrappers)
     return wrappers
+
+
+class _CapturedAttention:
+    """An attention implementation that records the query, key and value states each layer receives, after the
+    architecture's own projection and split (so a wrong reading of a fused layout shows), then runs sdpa."""
+
+    name = "dartlm-rem-check"
+
+    def __init__(self):
+        from transformers import AttentionInterface
+
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        AttentionInterface.register(self.name, self)
+
+    def __call__(self, module, query, key, value, *args, **kwargs):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        self.calls.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, *args, **kwargs)
+
+
+def verify_placement(model: nn.Module, wrappers: list[nn.Module]) -> None:
+    """Refuse (UnsupportedArchitectureError, one line) unless REM changes the first layer's key and value states
+    and leaves its query states exactly as they were.
+
+    REM's adapters get random weights for the check (then their own back); the first layer's q/k/v are read from
+    the attention function the architecture itself calls, with REM on and off.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    reference = next(base.parameters())
+    if reference.device.type == "meta" or not hasattr(base, "set_attn_implementation"):
+        return  # nothing to run (weights not materialised) or an architecture outside transformers' interface
+    kind = type(base).__name__
+    capture = _CapturedAttention()
+    previous = getattr(base.config, "_attn_implementation", None)
+    saved = [{k: v.detach().clone() for k, v in rem.state_dict().items()} for w in wrappers for rem in _rems(w)]
+    generator = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            for rem in (r for w in wrappers for r in _rems(w)):
+                rem.up.weight.copy_(torch.randn(rem.up.weight.shape, generator=generator) * 0.1)
+        base.set_attn_implementation(capture.name)
+        vocab = base.get_input_embeddings().weight.shape[0]
+        ids = torch.arange(1, 9, device=reference.device).remainder(vocab).unsqueeze(0)  # (1, 8)
+        states = []
+        for enabled in (True, False):
+            capture.calls.clear()
+            with torch.no_grad(), (contextlib.nullcontext() if enabled else rem_disabled(model)):
+                base(input_ids=ids, use_cache=False)
+            if not capture.calls:
+                raise UnsupportedArchitectureError(
+                    f"{kind}: cannot check where REM acts: the model does not call transformers' attention "
+                    "interface. Supported: " + "; ".join(SUPPORTED_FAMILIES))
+            states.append(capture.calls[0])
+    except UnsupportedArchitectureError:
+        raise
+    except Exception as err:  # e.g. a fused layout read wrongly makes the attention's own reshape fail
+        raise UnsupportedArchitectureError(
+            f"{kind}: REM breaks this model's attention ({type(err).__name__}: {str(err).splitlines()[0][:160]}); "
+            "its query/key/value layout is not one REM knows. Supported: " + "; ".join(SUPPORTED_FAMILIES)
+        ) from None
+    finally:
+        if previous is not None:
+            base.set_attn_implementation(previous)
+        with torch.no_grad():
+            for rem, state in zip((r for w in wrappers for r in _rems(w)), saved):
+                rem.load_state_dict(state)
+    (q_on, k_on, v_on), (q_off, k_off, v_off) = states
+    problems = []
+    if not torch.equal(q_on, q_off):
+        problems.append(f"changes the query states (by up to {(q_on - q_off).abs().max().item():.3g})")
+    if torch.equal(k_on, k_off):
+        problems.append("leaves the key states unchanged")
+    if torch.equal(v_on, v_off):
+        problems.append("leaves the value states unchanged")
+    if problems:
+        raise UnsupportedArchitectureError(
+            f"{kind}: REM as attached {' and '.join(problems)} of the first layer, so it is not where the paper puts "
+            "it (on the key and value inputs only). Supported: " + "; ".join(SUPPORTED_FAMILIES))
 
 
 def _rems(wrapper: nn.Module) -> list[nn.Module]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import yaml
 from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
-from dartlm import __version__
+from dartlm import __version__, storage
 from dartlm.config import Config, ConfigError, from_dict, to_dict
 from dartlm.data.readers import DataError
 from dartlm.data.sources import load_examples
@@ -32,6 +32,7 @@ from dartlm.methods import get_method
 from dartlm.methods.base import Method
 from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
 from dartlm.model.prepare import prepare_model
+from dartlm.storage import OutputLock, remove_tree
 from dartlm.training.sharding import check_sharding
 from dartlm.training.trainer import (
     TRAINABLE_WEIGHTS,
@@ -109,7 +110,7 @@ def training_arguments(config: Config, run_dir: Path, method: Method) -> Trainin
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit or None,
+        save_total_limit=None,  # MethodTrainer prunes, after the new checkpoint is marked complete
         bf16=bf16_enabled(t.bf16),
         use_cpu=on_cpu,  # without it, torchrun on CPU would train each rank alone
         ddp_backend="gloo" if on_cpu and distributed else None,
@@ -156,22 +157,27 @@ def build_model(config: Config, run_dir: Path, tokenizer=None, *, fresh: bool = 
 
 def _save_atomically(model, folder: Path) -> None:
     """Write to a temporary sibling, then rename: a reader never sees half a folder."""
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    staging = storage.staging_folder(folder)
+    try:
+        model.save_pretrained(staging)
+        storage.replace_folder(staging, folder)
+    finally:
+        remove_tree(staging)
 
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Never train over finished work by accident."""
+def check_run_dir(run_dir: Path, config: Config, resume: bool, overwrite: bool) -> None:
+    """Never train over finished work by accident, and never continue a run under another config."""
     if resume:
         if not (run_dir / RUN_FILE).is_file():
             raise RunError(f"{run_dir}: not a dartlm run folder (no {RUN_FILE}); nothing to resume")
+        changed = config_changes(load_run_config(run_dir), config)
+        if changed:
+            raise RunError(f"{run_dir}: cannot resume: the config differs from the run's config.yaml in "
+                           f"{', '.join(changed)}; train into another folder, or pass --overwrite to start over")
         return
     # Rank 0 alone judges: the other ranks may look after rank 0 has started writing. If rank 0 refuses, the
     # launcher stops them all.
@@ -179,15 +185,35 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise RunError(f"{run_dir}: the run folder is not empty; pass --resume to continue it or --overwrite")
 
 
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The `section.key` names whose values differ between two configs, save/report frequency aside."""
+    a, b = _training_relevant(old), _training_relevant(new)
+    return [f"{section}.{key}" for section in b for key in sorted(set(a[section]) | set(b[section]))
+            if a[section].get(key) != b[section].get(key)]
+
+
 def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrite: bool = False) -> MethodTrainer:
-    """Train `config` into `run_dir`; resume=True continues from the last checkpoint, a path from that one."""
-    check_run_dir(run_dir, bool(resume), overwrite)
+    """Train `config` into `run_dir`; resume=True continues from the last checkpoint, a path from that one.
+
+    The run folder is locked for the whole run (a second writer is refused). With overwrite, the old run is deleted
+    once the new one's data have been read, before anything is written: nothing of it can pass for the new run.
+    """
     check_sharding(config)  # a sharding mode (accelerate launch) that cannot train this config fails here
-    # Fail on bad data before any model loads.
+    # Fail on bad data before any model loads and before anything is written.
     examples = load_examples(
         config.data.train_path, format=config.data.format, omit_last_step=config.data.omit_last_step,
         skip_invalid=config.data.skip_invalid, numeric_answers=config.data.numeric_answers,
     )
+    with ExitStack() as held:
+        if _is_main_process():
+            held.enter_context(OutputLock(run_dir, "run folder"))
+        check_run_dir(run_dir, config, bool(resume), overwrite)
+        return _train(config, run_dir, examples, resume, overwrite)
+
+
+def _train(config: Config, run_dir: Path, examples, resume: bool | str, overwrite: bool) -> MethodTrainer:
+    if overwrite and not resume and _is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()):
+        remove_tree(run_dir)
     set_seed(config.training.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -206,6 +232,7 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
         train_dataset=FeatureDataset(features),
         data_collator=lambda batch: run.method.collate(batch, pad_id),
         method=run.method,
+        keep_checkpoints=config.training.save_total_limit,
         callbacks=[JsonlLogCallback(str(run_dir / "log.jsonl"))],
     )
     checkpoint = None
@@ -221,11 +248,11 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
 
 
 def write_run_files(config: Config, run: PreparedRun, run_dir: Path) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    storage.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     run.tokenizer.save_pretrained(run_dir / "tokenizer")
     info = {"dartlm_version": __version__, "torch": torch.__version__, "method": run.method.name,
             "thought_token_id": run.thought_id}
-    (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    storage.write_json(run_dir / RUN_FILE, info)  # last: marks the folder as a run
 
 
 def resumable(run_dir: Path, config: Config) -> bool:
@@ -251,8 +278,12 @@ def _training_relevant(config: Config) -> dict:
 def load_run_config(run_dir: Path) -> Config:
     if not (run_dir / RUN_FILE).is_file():
         raise RunError(f"{run_dir}: not a dartlm run folder (no {RUN_FILE})")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    return from_dict(Config, raw, str(run_dir / "config.yaml")).validate(str(run_dir / "config.yaml"))
+    path = run_dir / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunError(f"{path}: cannot read the run's config: {str(err).splitlines()[0]}") from None
+    return from_dict(Config, raw, str(path)).validate(str(path))
 
 
 def load_trained(run_dir: Path, checkpoint: str | None = None, dtype: str | None = None) -> PreparedRun:
@@ -285,29 +316,38 @@ PROBE_QUESTIONS = (
 def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
                tolerance: float | None = None, results: list[dict] | None = None, log=print):
     """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype), with its model
-    card (README.md; `results`: `dartlm eval` summaries to put in it)."""
-    from dartlm.generate import left_padded, prompt_ids
-    from safetensors.torch import save_file
+    card (README.md; `results`: `dartlm eval` summaries to put in it).
 
-    from dartlm.model.export import DEFAULT_TOLERANCE, SIDE_MODULES, export_model
+    The folder is written whole under a temporary name, its manifest (every file's sha256) last, and then takes
+    out_dir's place by rename: a kill at any point leaves the old export or the new one, never a mixture.
+    """
+    from dartlm.generate import left_padded, prompt_ids
+    from dartlm.model.export import DEFAULT_TOLERANCE, SIDE_MODULES, export_model, write_manifest
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
-    save_dtype = DTYPES[load_run_config(run_dir).model.dtype]
-    run = load_trained(run_dir, checkpoint, dtype="float32")
-    spec = run.method.prompt_spec()
-    probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
-    # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.
-    side = {name: getattr(run.model, name) for name in SIDE_MODULES if hasattr(run.model, name)}
-    for name in side:
-        delattr(run.model, name)
-    check = export_model(run.model, run.tokenizer, spec, probe, out_dir, tolerance=tolerance, dtype=save_dtype,
-                         log=log)
-    for name, module in side.items():
-        state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in module.state_dict().items()}
-        save_file(state, str(out_dir / SIDE_MODULES[name]))
-    write_run_card(run_dir, out_dir, check=check, results=results)
+    with OutputLock(out_dir, "export folder"):
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+            raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
+        save_dtype = DTYPES[load_run_config(run_dir).model.dtype]
+        run = load_trained(run_dir, checkpoint, dtype="float32")
+        spec = run.method.prompt_spec()
+        probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
+        # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.
+        side = {name: getattr(run.model, name) for name in SIDE_MODULES if hasattr(run.model, name)}
+        for name in side:
+            delattr(run.model, name)
+        staged = storage.staging_folder(out_dir)
+        try:
+            check = export_model(run.model, run.tokenizer, spec, probe, staged, tolerance=tolerance,
+                                 dtype=save_dtype, log=log)
+            for name, module in side.items():
+                state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in module.state_dict().items()}
+                storage.save_safetensors(state, staged / SIDE_MODULES[name])
+            write_run_card(run_dir, staged, check=check, results=results)
+            write_manifest(staged, source=str(run_dir.resolve()), checkpoint=checkpoint)
+            storage.replace_folder(staged, out_dir)
+        finally:
+            remove_tree(staged)
     return check
 
 
@@ -341,8 +381,14 @@ def final_terms(run_dir: Path) -> dict[str, float]:
     last: dict[str, float] = {}
     log_path = run_dir / "log.jsonl"
     if log_path.is_file():
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for number, line in enumerate(log_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s:%d: not a log record (cut by a kill?); skipped", log_path, number)
+                continue
+            if not isinstance(record, dict):
+                continue
             last.update({k: v for k, v in record.items()
                          if k in ("loss", "improvement", "mix_weight", "rewarded") or k.startswith(("loss_", "teacher_"))})
     return last

@@ -7,13 +7,15 @@ import logging
 import math
 import os
 from collections import defaultdict
+from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback
 
 from dartlm.methods.base import Method
 from dartlm.methods.distill_guards import is_sharded
+from dartlm.storage import remove_tree, save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,13 @@ class MethodTrainer(Trainer):
     # Our losses are means over the micro-batch; let the Trainer divide by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, method: Method, **kwargs):
+    def __init__(self, *args, method: Method, keep_checkpoints: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        # Old checkpoints are deleted here, after the new one is marked complete (transformers' own rotation,
+        # switched off in the arguments, runs before the marker is written: a kill in between could leave no
+        # complete checkpoint at all). 0 keeps every checkpoint.
+        self.keep_checkpoints = keep_checkpoints
         self._early_backward = None
         self._terms: dict[str, list[float]] = defaultdict(list)
         self._reset_step = -1
@@ -159,6 +165,8 @@ class MethodTrainer(Trainer):
                 handle.write(f"{self.state.global_step}\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            if self.keep_checkpoints:
+                prune_checkpoints(self.args.output_dir, self.keep_checkpoints)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save only the trainable weights; the base model is rebuilt from the run's config."""
@@ -166,21 +174,38 @@ class MethodTrainer(Trainer):
         state = trainable_state(self.accelerator.unwrap_model(self.model))  # every rank: FSDP gathers the shards
         if not self.args.should_save:
             return
-        os.makedirs(output_dir, exist_ok=True)
-        save_file(state, os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        save_safetensors(state, os.path.join(output_dir, TRAINABLE_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_state(model or self.model, os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS))
 
 
-def last_complete_checkpoint(run_dir: str) -> str | None:
-    """The highest-numbered checkpoint-N folder of the run that was completely written, or None."""
-    complete = []
+def checkpoints(run_dir: str) -> list[tuple[int, str, bool]]:
+    """(step, path, complete) of every checkpoint-N folder of the run, by step."""
+    found = []
     for name in os.listdir(run_dir):
         path = os.path.join(run_dir, name)
-        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
-            complete.append((int(name[11:]), path))
-    return max(complete)[1] if complete else None
+        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isdir(path):
+            found.append((int(name[11:]), path, os.path.isfile(os.path.join(path, COMPLETE_MARKER))))
+    return sorted(found)
+
+
+def last_complete_checkpoint(run_dir: str) -> str | None:
+    """The highest-numbered checkpoint-N folder of the run that was completely written, or None."""
+    complete = [path for _, path, done in checkpoints(run_dir) if done]
+    return complete[-1] if complete else None
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> None:
+    """Keep the `keep` newest complete checkpoints; delete older ones and any incomplete one older than those."""
+    found = checkpoints(run_dir)
+    complete = [step for step, _, done in found if done]
+    if len(complete) <= keep:
+        return
+    oldest_kept = complete[-keep]
+    for step, path, _ in found:
+        if step < oldest_kept:
+            remove_tree(Path(path))
 
 
 class JsonlLogCallback(TrainerCallback):
