@@ -10,10 +10,14 @@ No-CoT and CoT on every (base seed, seed) and is judged by a criterion fixed bef
     chosen:  among stable settings, the smallest CoT standard deviation; within 1 point of it, the cheaper one
              (fewer training examples seen).
 
-DART is not run here: its settings are chosen afterwards, on the chosen regime.
+DART is not run in that stage. Its settings are chosen afterwards on the chosen regime (`--stage dart`), by a rule
+also fixed before the runs: every DART candidate (the paper's lambda = 20, L_distill into REM only, a delayed
+lambda) against No-CoT and PauseFT on validation, seeds 0-2 x both bases; a candidate must beat the better of No-CoT
+and PauseFT on every run; among those, the largest smallest margin wins (ties within 1 point: the paper's default).
 
     python benchmarks/stability.py --output-dir stability --settings current,calm,calm-all
     python benchmarks/stability.py --output-dir stability --report benchmarks/results/stability-study
+    python benchmarks/stability.py --stage dart --settings calm --output-dir stability
 
 Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
 checkpoints resume the unfinished ones).
@@ -41,24 +45,84 @@ SETTINGS = {
     "calm-long": ["lr=3e-3", "warmup_ratio=0.1", "n_train=32000", "train_steps=1000"],
     # The current learning rate, fresh problems only (isolates the data lever).
     "fresh": ["n_train=16000"],
+    # Fresh problems and a longer warm-up at the current learning rate (the high lr without warm-up is a known
+    # source of chaos; lr 2e-3 barely moves LoRA here, benchmarks/README.md).
+    "fresh-warm": ["n_train=16000", "warmup_ratio=0.1"],
 }
 BASE_SEEDS = (0, 1)
 SEEDS = (0, 1, 2)
 MAX_STD, MIN_GAP = 5.0, 30.0
+STAGES = {  # the variants each stage trains
+    "regime": ["nocot", "cot"],
+    "dart": ["nocot", "pause", "dart", "dart-student", "dart-delayed", "dart-no-distill"],
+}
+DART_CANDIDATES = ("dart", "dart-student", "dart-delayed")
 
 
-def run_dir(out: Path, name: str, base_seed: int) -> Path:
-    return out / name / f"base-{base_seed}"
+def run_dir(out: Path, name: str, base_seed: int, stage: str = "regime") -> Path:
+    return out / name / f"base-{base_seed}" if stage == "regime" else out / f"{stage}-{name}" / f"base-{base_seed}"
 
 
-def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int) -> None:
-    variants = resolve_variants(["nocot", "cot"])
+def per_run(out: Path, name: str, stage: str, labels: list[str]) -> dict[str, list[dict]] | None:
+    """Per (base seed, seed) accuracy and final loss terms of each variant; None until every base is done."""
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    for base_seed in BASE_SEEDS:
+        path = run_dir(out, name, base_seed, stage) / "comparison.json"
+        if not path.is_file():
+            return None
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        for label in labels:
+            row = summary["variants"][label]
+            for seed, acc, terms, variety in zip(summary["seeds"], row["accuracy_per_seed"],
+                                                 row["final_terms_per_seed"], row["answer_variety_per_seed"]):
+                runs[label].append({"base_seed": base_seed, "seed": seed, "accuracy": acc, "terms": terms,
+                                    "variety": variety})
+    return runs
+
+
+def judge_dart(out: Path, name: str) -> dict | None:
+    """The DART candidate chosen on validation by the rule in the module docstring."""
+    runs = per_run(out, name, "dart", STAGES["dart"])
+    if runs is None:
+        return None
+    reference = [max(n["accuracy"], p["accuracy"]) for n, p in zip(runs["nocot"], runs["pause"])]
+    rows = {}
+    for label in STAGES["dart"]:
+        accs = [r["accuracy"] for r in runs[label]]
+        margins = [a - ref for a, ref in zip(accs, reference)]
+        rows[label] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs), "per_run": accs,
+                       "min_margin": min(margins), "wins_every_run": min(margins) > 0,
+                       "terms": [r["terms"] for r in runs[label]], "variety": [r["variety"] for r in runs[label]]}
+    winners = [c for c in DART_CANDIDATES if rows[c]["wins_every_run"]]
+    chosen = None
+    if winners:
+        best = max(rows[c]["min_margin"] for c in winners)
+        close = [c for c in winners if rows[c]["min_margin"] >= best - 1.0]
+        chosen = "dart" if "dart" in close else max(close, key=lambda c: rows[c]["min_margin"])
+    return {"setting": name, "variants": rows, "chosen": chosen,
+            "runs": [f"b{r['base_seed']}s{r['seed']}" for r in runs["nocot"]]}
+
+
+def dart_table(result: dict) -> str:
+    lines = [f"Validation, setting {result['setting']}, runs {', '.join(result['runs'])} (b: base seed, s: seed).", "",
+             "| variant | mean ± std | per run | smallest margin over max(No-CoT, PauseFT) | wins every run |",
+             "|---|---|---|---|---|"]
+    for label, row in result["variants"].items():
+        lines.append(f"| {label} | {row['mean']:.1f} ± {row['std']:.1f} | "
+                     f"{' / '.join(f'{a:.1f}' for a in row['per_run'])} | {row['min_margin']:+.1f} | "
+                     f"{'yes' if row['wins_every_run'] else 'no'} |")
+    lines += ["", f"Chosen: {result['chosen'] or 'none (no candidate beat No-CoT and PauseFT on every run)'}."]
+    return "\n".join(lines)
+
+
+def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int, stage: str = "regime") -> None:
+    variants = resolve_variants(STAGES[stage])
     for name in names:
         for base_seed in BASE_SEEDS:
             settings = apply_settings(DemoSettings(), SETTINGS[name] + [f"base_seed={base_seed}",
                                                                          f"save_every={save_every}"])
             print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
-            run_comparison(variants, settings, seeds, run_dir(out, name, base_seed), workers=workers,
+            run_comparison(variants, settings, seeds, run_dir(out, name, base_seed, stage), workers=workers,
                            latency_items=0, split="val")
 
 
@@ -115,6 +179,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--report", help="only judge the finished settings; write <report>.json and .md")
+    parser.add_argument("--stage", choices=list(STAGES), default="regime",
+                        help="regime: No-CoT and CoT per setting; dart: DART's candidates on one chosen setting")
     args = parser.parse_args()
     names = args.settings.split(",")
     unknown = [n for n in names if n not in SETTINGS]
@@ -122,14 +188,19 @@ def main() -> None:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     out = Path(args.output_dir)
     if not args.report:
-        run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every)
-    result = judge(out, names)
-    print(table(result))
+        run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every, args.stage)
+    if args.stage == "dart":
+        result = judge_dart(out, names[0])
+        text = dart_table(result) if result else "not finished"
+    else:
+        result = judge(out, names)
+        text = table(result)
+    print(text)
     if args.report:
         report = Path(args.report)
         report.parent.mkdir(parents=True, exist_ok=True)
         report.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        report.with_suffix(".md").write_text(table(result) + "\n", encoding="utf-8")
+        report.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,17 @@ class LockedError(RuntimeError):
     """Another process is writing the same output."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path | str, folder: bool = False) -> None:
+    """The permissions a plain open() or mkdir() would have given (mkstemp and mkdtemp make them private)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         handle = os.open(folder, os.O_RDONLY)
@@ -54,6 +65,7 @@ def atomic_file(path: Path | str, mode: str = "w") -> Iterator:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _usual_mode(tmp)
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as out:
             yield out
             out.flush()
@@ -85,6 +97,7 @@ def save_safetensors(state: dict, path: Path | str, metadata: dict | None = None
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
+        _usual_mode(tmp)
         save_file(state, tmp, metadata=metadata)
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
@@ -98,7 +111,9 @@ def save_safetensors(state: dict, path: Path | str, metadata: dict | None = None
 def staging_folder(target: Path) -> Path:
     """A new empty hidden sibling of target (same filesystem, so the final rename is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    _usual_mode(staged, folder=True)
+    return staged
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

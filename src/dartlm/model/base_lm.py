@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,7 +169,7 @@ def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     data = PackedText(lines, tokenizer, spec.seq_len)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = staging_folder(folder)
     try:
         args = TrainingArguments(
             output_dir=str(tmp / "trainer"), max_steps=spec.steps, per_device_train_batch_size=spec.batch_size,

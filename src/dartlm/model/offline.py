@@ -11,14 +11,13 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from dartlm.storage import sha256_file, write_json
+from dartlm.storage import sha256_file, staging_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def convert_gguf(
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # A hidden sibling on the same filesystem, so os.replace is an atomic rename and half folders are never trusted.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = staging_folder(out_dir)
     try:
         save(gguf_path, tmp, dtype)
         note = dict(source or {}, gguf_file=gguf_path.name, gguf_sha256=sha256_file(gguf_path), dtype=str(dtype))
