@@ -92,3 +92,16 @@ def fault_rng():
     seed = int(os.environ.get("DARTLM_FAULT_SEED", random.SystemRandom().randrange(1 << 30)))
     print(f"fault seed: {seed} (replay with DARTLM_FAULT_SEED={seed})")
     return random.Random(seed)
+
+
+def randomise_adapters(model, seed: int = 0, scale: float = 0.05, *, only: str | None = None, add: bool = False):
+    """Give trainable weights (or those whose name contains `only`) random values, so that every adapter shapes the
+    output (LoRA's B and REM's up start at zero). add: add the noise to the current values instead of replacing
+    them. Returns the model."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if (only in name) if only else param.requires_grad:
+                noise = torch.randn(param.shape, generator=gen) * scale
+                param.add_(noise) if add else param.copy_(noise)
+    return model

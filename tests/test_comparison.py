@@ -38,7 +38,10 @@ def test_compare_writes_table_plot_and_resumes(tmp_path, capsys):
     nocot = summary["variants"]["nocot"]
     assert 0 <= nocot["forward_passes"] - nocot["new_tokens"] <= 1
     assert 7 <= codi["forward_passes"] - codi["new_tokens"] <= 8
-    assert 0.0 <= codi["accuracy_mean"] <= 100.0 and codi["latency_ms"]["n"] == 3
+    scored = [json.loads(line) for line in (out / "seed-0" / "scores" / "codi-test.jsonl").read_text().splitlines()]
+    items = [r for r in scored if r.get("type") == "item"]
+    assert codi["accuracy_mean"] == pytest.approx(100 * sum(r["strict"] for r in items) / len(items))
+    assert len(items) == summary["test_items"] and codi["latency_ms"]["n"] == 3
     assert (out / "comparison.png").stat().st_size > 0
     assert "| codi | Table 1: CODI |" in (out / "comparison.md").read_text()
     capsys.readouterr()

@@ -151,6 +151,11 @@ def test_compare_refuses_results_and_data_of_other_settings(tmp_path):
         run_comparison(variants, replace(settings, train_steps=3), [0], tmp_path, latency_items=0, log=lambda *_: None)
     with pytest.raises(ConfigError, match=r"holds data made with other settings \(n_train differ"):
         run_comparison(variants, replace(settings, n_train=48), [0], tmp_path, latency_items=0, log=lambda *_: None)
+    # A result cut short (written in place by an older version, or by hand) is not a finished job: done again.
+    result = tmp_path / "seed-0" / "results" / "nocot.json"
+    result.write_text(result.read_text()[:40])
+    run_comparison(variants, settings, [0], tmp_path, latency_items=0, log=lambda *_: None)
+    assert json.loads(result.read_text())["label"] == "nocot"
     (tmp_path / "seed-0" / "data" / "test.txt").write_text("x||y #### 1\n")
     with pytest.raises(ConfigError, match="files changed since the data were written"):
         run_comparison(variants, settings, [0], tmp_path, latency_items=0, log=lambda *_: None)
@@ -252,3 +257,27 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(made, tmp_path, monkey
     assert message in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert visible_files(tmp_path) == before, "a refused command wrote files"
+
+
+def test_old_checkpoints_are_pruned_only_after_the_new_one_is_complete(tmp_path):
+    from dartlm.training.trainer import COMPLETE_MARKER, last_complete_checkpoint, prune_checkpoints
+
+    for step, complete in ((10, True), (20, True), (25, False), (30, True), (40, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    prune_checkpoints(str(tmp_path), keep=2)
+    # The two newest complete ones stay; an incomplete one newer than them (a save in progress) is left alone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-20", "checkpoint-25", "checkpoint-30",
+                                                          "checkpoint-40"]
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-30")
+
+
+def test_training_never_lets_transformers_rotate_checkpoints(made):
+    from dartlm.methods import get_method
+    from dartlm.training.run import load_run_config, training_arguments
+
+    config = load_run_config(made / "run-a")
+    assert config.training.save_total_limit == 2
+    assert training_arguments(config, made / "run-a", get_method(config.method)).save_total_limit is None

@@ -15,6 +15,8 @@ from dartlm.generate import decode_prompts, prompt_ids
 from dartlm.latent import BOT_TOKEN, EOT_TOKEN
 from dartlm.methods.icot import sample_offset
 
+from conftest import randomise_adapters
+
 QUESTIONS = [
     "Tom has 3 apples.",  # short and long questions in one batch: left padding must not matter
     "Ann had 40 dollars and spent 9. Then she earned 25 and spent 4 more. How much now?",
@@ -24,12 +26,7 @@ QUESTIONS = [
 
 def randomise(model, seed=0):
     """Non-zero adapters and projection, so that every part of the model shapes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model.eval()
+    return randomise_adapters(model, seed, 0.2, add=True).eval()
 
 
 @pytest.fixture(params=["coconut", "codi"])

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from conftest import FAMILIES, FUSED_FAMILIES, make_model
+from conftest import FAMILIES, FUSED_FAMILIES, make_model, randomise_adapters
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters
 from dartlm.model.export import merge_adapters
 from dartlm.model.rem import (
@@ -33,12 +33,7 @@ def ids_for(vocab: int) -> torch.Tensor:
 
 
 def randomise_trainable(model: nn.Module, seed: int = 2) -> None:
-    """Give every adapter weight a non-zero value (LoRA B and REM's up start at zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    randomise_adapters(model, seed)
 
 
 @pytest.mark.parametrize("placement", ["input", "output"])
@@ -251,11 +246,7 @@ def test_output_placement_is_a_lora_on_k_and_v_that_switches_off(tokenizer):
 
 
 def randomise_trainable_rem(model: nn.Module) -> None:
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".rem" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+    randomise_adapters(model, 4, only=".rem")
 
 
 @pytest.mark.parametrize("multi_query", [False, True])
