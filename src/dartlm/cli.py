@@ -42,7 +42,7 @@ def _export(args) -> int:
 
     results = [_read_eval_summary(Path(path)) for path in args.results or ()]
     export_run(Path(args.run_dir), Path(args.out_dir), checkpoint=args.checkpoint, force=args.force,
-               tolerance=args.tolerance, results=results)
+               tolerance=args.tolerance, results=results, dtype=args.dtype)
     print(f"exported: {args.out_dir}")
     return 0
 
@@ -84,6 +84,14 @@ def _probe(args) -> int:
     return 0
 
 
+def _onnx(args) -> int:
+    from dartlm.engines.onnx import export_onnx
+
+    export_onnx(Path(args.model_dir), Path(args.out_dir), force=args.force, opset=args.opset)
+    print(f"ONNX model: {args.out_dir} (evaluate it with: dartlm eval {args.out_dir} --engine onnxruntime ...)")
+    return 0
+
+
 def _generate(args) -> int:
     from dartlm.generate import generate, load_exported
 
@@ -101,8 +109,9 @@ def _eval(args) -> int:
     output = Path(args.output or f"results/{Path(args.model_dir).name}-{args.benchmark}.json")
     settings = EvalSettings(
         benchmark=args.benchmark, data_path=args.data_path, limit=args.limit, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, latency_items=args.latency_items, device=args.device, dtype=args.dtype,
-        without_thoughts=args.without_thoughts,
+        max_new_tokens=args.max_new_tokens, latency_items=args.latency_items, dtype=args.dtype,
+        device=args.device or ("cuda" if args.engine == "torch" and _cuda() else "cpu"),
+        without_thoughts=args.without_thoughts, engine=args.engine,
     )
     results = evaluate(Path(args.model_dir), settings, output)
     acc, lat = results["accuracy"], results["latency_ms"]
@@ -277,9 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tolerance", type=float, default=None,
                         help="max |logit difference| allowed (float64, relative to max |logit|), as a multiple "
                              "of the difference fp32 rounding alone makes (default 1)")
+    export.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weights of the exported model (default: the run's model.dtype); the merge is checked in "
+                             "float64 whatever this is")
     export.add_argument("--results", nargs="+", metavar="EVAL_JSON",
                         help="`dartlm eval` summaries to put in the model card (README.md)")
     export.set_defaults(run=_export)
+
+    onnx = commands.add_parser("onnx", help="an exported model as one ONNX graph with a KV cache, for ONNX Runtime "
+                                             "(checked against PyTorch before it is written)")
+    onnx.add_argument("model_dir", help="a folder written by `dartlm export`")
+    onnx.add_argument("out_dir")
+    onnx.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.set_defaults(run=_onnx)
 
     generate = commands.add_parser("generate", help="answer questions with an exported model")
     generate.add_argument("model_dir")
@@ -297,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--latency-items", type=int, default=100,
                           help="with --batch-size > 1: items timed one by one afterwards (0: none)")
     evaluate.add_argument("--output", help="summary JSON (per-item records go beside it as .jsonl)")
-    evaluate.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    evaluate.add_argument("--device", default=None, help="default: cuda when available (cpu for onnxruntime)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluate.add_argument("--without-thoughts", action="store_true",
                           help="Quiet-STaR models: answer from the thought-free state alone (what thinking adds)")
+    evaluate.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
+                          help="onnxruntime: MODEL_DIR is a folder written by `dartlm onnx` (CPU, fp32); the same "
+                               "prompt, greedy loop and scoring")
     evaluate.set_defaults(run=_eval)
 
     task = commands.add_parser("lm-eval-task", help="an lm-evaluation-harness task that scores an exported model "

@@ -120,10 +120,17 @@ def default_max_new_tokens(spec: PromptSpec) -> int:
 
 def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                    min_new_tokens: int = 0, use_cache: bool = True) -> tuple[list[Generation], int]:
-    """One batch of prompt ids -> (generations, forward passes)."""
-    device = next(model.parameters()).device
+    """One batch of prompt ids -> (generations, forward passes). model: a transformers model, or an engine's
+    (engines/onnx.py: OnnxCausalLM, token-prompted decoding only)."""
+    device = getattr(model, "device", None) or next(model.parameters()).device
     batch = {k: v.to(device) for k, v in left_padded(prompts, tokenizer.pad_token_id).items()}
-    if spec.decode == "latent":
+    if hasattr(model, "runner"):  # an inference engine: dartlm's greedy loop, the engine computing each step
+        from dartlm.engines.onnx import onnx_greedy_decode
+
+        decoded = onnx_greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                                     min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.pad_token_id)
+    elif spec.decode == "latent":
         decoded = latent_decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
                                 min_new_tokens=min_new_tokens, use_cache=use_cache)
     elif spec.decode == "quiet":

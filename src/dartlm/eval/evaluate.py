@@ -42,6 +42,7 @@ class EvalSettings:
     device: str = "cpu"
     dtype: str = "float32"
     without_thoughts: bool = False  # Quiet-STaR models: answer from the thought-free state alone (an ablation)
+    engine: str = "torch"  # torch | onnxruntime (a folder written by `dartlm onnx`; CPU, fp32)
 
     def __post_init__(self):
         from dartlm.config import ConfigError
@@ -53,6 +54,10 @@ class EvalSettings:
                 raise ConfigError(f"eval: {name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"eval: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.engine not in ("torch", "onnxruntime"):
+            raise ConfigError(f"eval: engine must be torch or onnxruntime, got {self.engine!r}")
+        if self.engine == "onnxruntime" and (self.device != "cpu" or self.dtype != "float32"):
+            raise ConfigError("eval: the onnxruntime engine runs the graph as exported: on cpu, in float32")
 
 
 def stream_header(model_dir: Path, spec: PromptSpec, settings: EvalSettings, max_new_tokens: int,
@@ -147,7 +152,12 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
     if stream.is_file() and stream.stat().st_size:
         open_stream(stream, header)  # a stream of another evaluation is refused before any model loads
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
-    model, tokenizer, _ = load_exported(model_dir, settings.device, dtype)
+    if settings.engine == "onnxruntime":
+        from dartlm.engines.onnx import load_onnx
+
+        model, tokenizer, _ = load_onnx(model_dir)
+    else:
+        model, tokenizer, _ = load_exported(model_dir, settings.device, dtype)
     output.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(output, "evaluation output"):
         done, latencies = open_stream(stream, header)

@@ -314,9 +314,10 @@ PROBE_QUESTIONS = (
 
 
 def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
-               tolerance: float | None = None, results: list[dict] | None = None, log=print):
-    """Merge a trained run into a plain HF folder (checked in float64, saved in the run's dtype), with its model
-    card (README.md; `results`: `dartlm eval` summaries to put in it).
+               tolerance: float | None = None, results: list[dict] | None = None, dtype: str | None = None,
+               log=print):
+    """Merge a trained run into a plain HF folder (checked in float64, saved in `dtype`, by default the run's), with
+    its model card (README.md; `results`: `dartlm eval` summaries to put in it).
 
     The folder is written whole under a temporary name, its manifest (every file's sha256) last, and then takes
     out_dir's place by rename: a kill at any point leaves the old export or the new one, never a mixture.
@@ -328,7 +329,7 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     with OutputLock(out_dir, "export folder"):
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
             raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
-        save_dtype = DTYPES[load_run_config(run_dir).model.dtype]
+        save_dtype = DTYPES[dtype or load_run_config(run_dir).model.dtype]
         run = load_trained(run_dir, checkpoint, dtype="float32")
         spec = run.method.prompt_spec()
         probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)

@@ -1,0 +1,1 @@
+"""Inference engines other than PyTorch eager: the exported model as deployed."""

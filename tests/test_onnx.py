@@ -1,0 +1,63 @@
+"""ONNX Runtime: tiny DART, No-CoT, PauseFT and CoT exports give exactly dartlm's greedy tokens, item by item, and
+`dartlm eval --engine onnxruntime` scores them with the same evaluator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install -e \".[onnx]\")")
+
+from dartlm.cli import main  # noqa: E402
+from dartlm.config import load_config  # noqa: E402
+from dartlm.engines.onnx import load_onnx  # noqa: E402
+from dartlm.generate import decode_prompts, load_exported, prompt_ids  # noqa: E402
+from dartlm.model.export import ExportError  # noqa: E402
+from dartlm.training.run import export_run, train  # noqa: E402
+
+from conftest import write_arithmetic_file  # noqa: E402
+
+QUESTIONS = ["Tom has 12 apples and buys 30 more. He doubles them. How many apples?", "What is 2 and 2?",
+             "Tom has 3 apples.", "Ann had 40 dollars and spent 9. Then she earned 25. How much now? Say it."]
+
+
+@pytest.mark.parametrize("method", ["dart", "nocot", "pause", "cot"])
+def test_onnx_runtime_gives_dartlms_greedy_tokens(tmp_path, train_file, method):
+    config = load_config(f"tiny/{method}", [f"data.train_path={train_file}", "training.max_steps=30",
+                                            "training.batch_size=8"])
+    train(config, tmp_path / "run")
+    export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)
+    assert main(["onnx", str(tmp_path / "model"), str(tmp_path / "onnx")]) == 0
+    model, tokenizer, spec = load_exported(tmp_path / "model")
+    engine, onnx_tokenizer, onnx_spec = load_onnx(tmp_path / "onnx")
+    assert onnx_spec == spec
+    prompts = prompt_ids(QUESTIONS, tokenizer, spec)  # different lengths: left padding in one batch
+    expected, torch_passes = decode_prompts(model, tokenizer, spec, prompts, max_new_tokens=12)
+    found, onnx_passes = decode_prompts(engine, onnx_tokenizer, spec, prompts, max_new_tokens=12)
+    assert sum(g.num_tokens for g in expected) >= len(QUESTIONS)  # real continuations, not all an immediate eos
+    assert [g.text for g in found] == [g.text for g in expected]
+    assert [g.num_tokens for g in found] == [g.num_tokens for g in expected] and onnx_passes == torch_passes
+
+    data = tmp_path / "test.txt"
+    write_arithmetic_file(data, count=6, seed=5)
+    scores = {}
+    for engine_name, folder in (("torch", "model"), ("onnxruntime", "onnx")):
+        out = tmp_path / f"{engine_name}.json"
+        assert main(["eval", str(tmp_path / folder), "--benchmark", "gsm8k", "--data-path", str(data), "--engine",
+                     engine_name, "--output", str(out), "--latency-items", "0", "--max-new-tokens", "12"]) == 0
+        records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()[1:]]
+        scores[engine_name] = [(r["id"], r["output"], r["strict"]) for r in records]
+    assert scores["onnxruntime"] == scores["torch"]
+
+
+def test_continuous_thought_models_are_refused(tmp_path, train_file, capsys):
+    config = load_config("tiny/codi", [f"data.train_path={train_file}", "training.max_steps=1",
+                                       "training.batch_size=4"])
+    train(config, tmp_path / "run")
+    export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)
+    assert main(["onnx", str(tmp_path / "model"), str(tmp_path / "onnx")]) == 2
+    assert "ONNX Runtime serves models prompted with tokens only" in capsys.readouterr().err
+    assert not (tmp_path / "onnx").exists()
+    with pytest.raises(ExportError, match="no model.onnx"):
+        load_onnx(tmp_path / "model")
