@@ -105,3 +105,12 @@ def randomise_adapters(model, seed: int = 0, scale: float = 0.05, *, only: str |
                 noise = torch.randn(param.shape, generator=gen) * scale
                 param.add_(noise) if add else param.copy_(noise)
     return model
+
+
+def dart_features(example, tokenizer, st_token_id: int, num_thoughts: int):
+    """One example's teacher and student sequences, as DART's training lays them out (DartMethod.encode)."""
+    from dartlm.config import MethodConfig
+    from dartlm.methods import get_method
+
+    return get_method(MethodConfig(name="dart", num_thought_tokens=num_thoughts)).encode(example, tokenizer,
+                                                                                         st_token_id)

@@ -19,11 +19,13 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dartlm.data.example import Example
-from dartlm.data.layout import DartCollator, PromptFormat, encode_dart
+from dartlm.data.layout import DartCollator
 from dartlm.methods.dart import DartLossSettings, dart_loss
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters, ensure_pad_token
 from dartlm.model.loading import resolve_asset
 from dartlm.model.rem import RemSettings
+
+from conftest import dart_features
 from dartlm.model.tiny import tiny_config
 from dartlm.training.trainer import load_trainable_state, trainable_state
 
@@ -46,7 +48,7 @@ with torch.no_grad():  # LoRA's B and REM's up start at zero: make every adapter
             param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
 examples = [Example(f"Tom has {a} apples and buys {b} more. How many apples?", (f"<<{a}+{b}={a + b}>>",), str(a + b))
             for a, b in ((11, 22), (13, 24), (15, 26), (17, 28))]  # equal token counts
-batch = DartCollator(tokenizer.pad_token_id)([encode_dart(e, tokenizer, PromptFormat(), st_id, 4) for e in examples])
+batch = DartCollator(tokenizer.pad_token_id)([dart_features(e, tokenizer, st_id, 4) for e in examples])
 halves = [{p: {k: v[i::world] for k, v in t.items()} for p, t in batch.items()} for i in range(world)]
 settings = DartLossSettings(distill_weight=20.0, distill_grad=distill_grad)
 

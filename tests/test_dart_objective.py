@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from conftest import FAMILIES, make_model
+from conftest import FAMILIES, dart_features, make_model
 from dartlm.data.example import Example
-from dartlm.data.layout import ANSWER, DartCollator, PromptFormat, encode_dart
+from dartlm.data.layout import ANSWER, DartCollator
 from dartlm.losses import answer_loss, cot_pathway_loss
 from dartlm.methods.dart import DartLossSettings, dart_loss
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters, ensure_pad_token
@@ -29,7 +29,7 @@ def setup(request, tokenizer):
     base = make_model(request.param, len(tok))
     st_id = add_special_token(base, tok, ST_TOKEN)
     model = attach_adapters(base, LoraSettings(rank=8, alpha=16), RemSettings(rank=8, alpha=16))
-    batch = DartCollator(tok.pad_token_id)([encode_dart(e, tok, PromptFormat(), st_id, 4) for e in EXAMPLES])
+    batch = DartCollator(tok.pad_token_id)([dart_features(e, tok, st_id, 4) for e in EXAMPLES])
     return model, batch
 
 

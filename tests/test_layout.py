@@ -14,10 +14,11 @@ from dartlm.data.layout import (
     REASONING,
     DartCollator,
     PromptFormat,
-    encode_dart,
     segment_example,
 )
 from dartlm.model.adapters import ST_TOKEN, ensure_pad_token
+
+from conftest import dart_features
 
 FMT = PromptFormat()
 
@@ -30,7 +31,7 @@ def st_tokenizer(tokenizer):
 
 def test_separator_ids_identical_and_z_n_is_the_last_separator_token(any_tokenizer, example):
     tok, st_id = st_tokenizer(any_tokenizer)
-    features = encode_dart(example, tok, FMT, st_id, num_st_tokens=5)
+    features = dart_features(example, tok, st_id, 5)
     sep = segment_example(example, tok, FMT).separator
     assert len(sep) >= 1
     for pathway in (features.cot, features.st):
@@ -46,7 +47,7 @@ def test_separator_ids_identical_and_z_n_is_the_last_separator_token(any_tokeniz
 def test_label_masks_cover_exactly_the_intended_tokens(any_tokenizer, example):
     tok, st_id = st_tokenizer(any_tokenizer)
     seg = segment_example(example, tok, FMT)
-    features = encode_dart(example, tok, FMT, st_id, num_st_tokens=4)
+    features = dart_features(example, tok, st_id, 4)
     n_prompt = len(seg.prefix) + len(seg.question)
     cot, st = features.cot, features.st
 
@@ -63,8 +64,8 @@ def test_label_masks_cover_exactly_the_intended_tokens(any_tokenizer, example):
 
 def test_omitting_the_last_step_shortens_only_the_cot(tokenizer, example):
     tok, st_id = st_tokenizer(tokenizer)
-    full = encode_dart(example, tok, FMT, st_id, 3)
-    short = encode_dart(example.without_last_step(), tok, FMT, st_id, 3)
+    full = dart_features(example, tok, st_id, 3)
+    short = dart_features(example.without_last_step(), tok, st_id, 3)
     assert short.st == full.st
     assert len(short.cot) < len(full.cot)
     assert "31+25" not in tok.decode(short.cot.input_ids)
@@ -72,7 +73,7 @@ def test_omitting_the_last_step_shortens_only_the_cot(tokenizer, example):
 
 def test_no_thought_tokens_and_empty_cot_still_have_an_anchor(tokenizer):
     tok, st_id = st_tokenizer(tokenizer)
-    features = encode_dart(Example("How many?", (), "3"), tok, FMT, st_id, num_st_tokens=0)
+    features = dart_features(Example("How many?", (), "3"), tok, st_id, 0)
     sep = segment_example(Example("How many?", (), "3"), tok, FMT).separator
     for pathway in (features.cot, features.st):
         assert pathway.input_ids[pathway.anchor] == sep[-1]
@@ -83,7 +84,7 @@ def test_collator_pads_right_and_keeps_anchors(tokenizer, example):
     tok, st_id = st_tokenizer(tokenizer)
     ensure_pad_token(tok)
     short = Example("How many?", ("<<1+2=3>>",), "3")
-    features = [encode_dart(e, tok, FMT, st_id, 2) for e in (example, short)]
+    features = [dart_features(e, tok, st_id, 2) for e in (example, short)]
     batch = DartCollator(tok.pad_token_id)(features)
     for name, pathway_of in (("cot", lambda f: f.cot), ("st", lambda f: f.st)):
         b = batch[name]

@@ -134,15 +134,6 @@ class DartFeatures:
     origin: str = ""
 
 
-def encode_dart(example: Example, tokenizer, fmt: PromptFormat, st_token_id: int, num_st_tokens: int) -> DartFeatures:
-    seg = segment_example(example, tokenizer, fmt)
-    return DartFeatures(
-        cot=build_pathway(seg, None),
-        st=build_pathway(seg, [st_token_id] * num_st_tokens),
-        origin=example.origin,
-    )
-
-
 def pad_pathways(pathways: Sequence[Pathway], pad_id: int, *, left: bool = False) -> dict[str, torch.Tensor]:
     """Pad a batch of pathways to one length.
 
