@@ -61,3 +61,19 @@ def test_continuous_thought_models_are_refused(tmp_path, train_file, capsys):
     assert not (tmp_path / "onnx").exists()
     with pytest.raises(ExportError, match="no model.onnx"):
         load_onnx(tmp_path / "model")
+
+
+def test_int8_dynamic_quantisation_runs_and_records_its_distance(tmp_path, train_file):
+    config = load_config("tiny/dart", [f"data.train_path={train_file}", "training.max_steps=30",
+                                       "training.batch_size=8"])
+    train(config, tmp_path / "run")
+    export_run(tmp_path / "run", tmp_path / "model", log=lambda *_: None)
+    assert main(["onnx", str(tmp_path / "model"), str(tmp_path / "fp32")]) == 0
+    assert main(["onnx", str(tmp_path / "model"), str(tmp_path / "int8"), "--quantize", "int8"]) == 0
+    info = json.loads((tmp_path / "int8" / "dartlm_onnx.json").read_text())
+    assert info["quantization"] == "int8" and info["check_difference"] <= 1e-4
+    assert 0 < info["int8_difference"] < 1  # not exact, not garbage
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < (tmp_path / "fp32" / "model.onnx").stat().st_size
+    engine, tokenizer, spec = load_onnx(tmp_path / "int8")
+    generations, _ = decode_prompts(engine, tokenizer, spec, prompt_ids(QUESTIONS, tokenizer, spec), max_new_tokens=8)
+    assert len(generations) == len(QUESTIONS)

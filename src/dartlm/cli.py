@@ -87,7 +87,7 @@ def _probe(args) -> int:
 def _onnx(args) -> int:
     from dartlm.engines.onnx import export_onnx
 
-    export_onnx(Path(args.model_dir), Path(args.out_dir), force=args.force, opset=args.opset)
+    export_onnx(Path(args.model_dir), Path(args.out_dir), force=args.force, opset=args.opset, quantize=args.quantize)
     print(f"ONNX model: {args.out_dir} (evaluate it with: dartlm eval {args.out_dir} --engine onnxruntime ...)")
     return 0
 
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("out_dir")
     onnx.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--quantize", default="none", choices=["none", "int8"],
+                      help="int8: dynamic quantisation of the checked graph (int8 weights, activations on the fly)")
     onnx.set_defaults(run=_onnx)
 
     generate = commands.add_parser("generate", help="answer questions with an exported model")

@@ -65,8 +65,19 @@ def _names(layers: int, prefix: str) -> list[str]:
     return [f"{prefix}.{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
 
 
-def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: int = 17, log=print) -> dict:
-    """Write out_dir: model.onnx, the tokenizer, the prompt spec and a manifest; returns the check's figures."""
+QUANTIZATIONS = ("none", "int8")
+
+
+def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: int = 17, quantize: str = "none",
+                log=print) -> dict:
+    """Write out_dir: model.onnx, the tokenizer, the prompt spec and a manifest; returns the check's figures.
+
+    quantize "int8": ONNX Runtime's dynamic quantisation (int8 weights of the matrix products, activations quantised
+    on the fly) of the checked fp32 graph. Its logits are not PyTorch's; how far they are is recorded, and what it
+    costs in accuracy is for `dartlm eval` to say.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     from dartlm.generate import left_padded, load_exported, prompt_ids
     from dartlm.training.run import PROBE_QUESTIONS
 
@@ -109,15 +120,29 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
             if not difference <= CHECK_TOLERANCE:
                 raise ExportError(f"{model_dir}: ONNX Runtime's logits differ from PyTorch's by {difference:.3g} of "
                                   f"their scale (above {CHECK_TOLERANCE:g}); nothing was written")
+            quantized_difference = None
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                fp32 = staged / ONNX_FILE
+                int8 = staged / "model.int8.onnx"
+                quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+                int8.replace(fp32)
+                quantized_difference = _check(step, OnnxCausalLM(staged), probe, tokenizer)
+                if quantized_difference != quantized_difference:  # NaN
+                    raise ExportError(f"{model_dir}: the int8 graph gives non-finite logits; nothing was written")
             storage.write_json(staged / ENGINE_FILE, {"engine": "onnxruntime", "opset": opset, "source": str(model_dir),
                                                       "source_fingerprint": source, "check_difference": difference,
+                                                      "quantization": quantize,
+                                                      "int8_difference": quantized_difference,
                                                       "layers": layers, "kv_heads": heads, "head_dim": head_dim})
             write_manifest(staged, source=str(model_dir.resolve()), engine="onnxruntime")
             storage.replace_folder(staged, out_dir)
         finally:
             storage.remove_tree(staged)
-    log(f"ONNX check: max |logit difference| {difference:.3g} of the logits' scale (prompt and two more tokens)")
-    return {"difference": difference, "opset": opset}
+    log(f"ONNX check: max |logit difference| {difference:.3g} of the logits' scale (prompt and two more tokens)"
+        + (f"; after int8 quantisation {quantized_difference:.3g}" if quantized_difference is not None else ""))
+    return {"difference": difference, "opset": opset, "int8_difference": quantized_difference}
 
 
 @torch.no_grad()
