@@ -158,6 +158,26 @@ def judge(out: Path, names: list[str]) -> dict:
             "settings": rows, "chosen": chosen}
 
 
+def finished_runs(out: Path, names: list[str]) -> list[dict]:
+    """Every finished (setting, base, seed, variant) result so far, whole settings or not (a run in progress)."""
+    rows = []
+    for name in names:
+        for base_seed in BASE_SEEDS:
+            for path in sorted(run_dir(out, name, base_seed).glob("seed-*/results/*-val.json")):
+                result = json.loads(path.read_text(encoding="utf-8"))
+                rows.append({"setting": name, "base_seed": base_seed, "seed": result["seed"],
+                             "variant": result["label"], "accuracy": 100 * result["accuracy"],
+                             "final_loss": result.get("final_terms", {}).get("loss")})
+    return rows
+
+
+def partial_table(rows: list[dict]) -> str:
+    lines = ["| setting | base seed | seed | variant | val accuracy % | final train loss |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['base_seed']} | {r['seed']} | {r['variant']} | {r['accuracy']:.1f} | "
+              f"{r['final_loss']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = ["| setting | --set | No-CoT (mean ± std) | CoT (mean ± std) | gap | per (base, seed): No-CoT / CoT | "
              "stable |", "|---|---|---|---|---|---|---|"]
@@ -194,7 +214,8 @@ def main() -> None:
         text = dart_table(result) if result else "not finished"
     else:
         result = judge(out, names)
-        text = table(result)
+        result["finished_runs"] = finished_runs(out, names)
+        text = table(result) + "\n\nEvery finished run so far:\n\n" + partial_table(result["finished_runs"])
     print(text)
     if args.report:
         report = Path(args.report)
