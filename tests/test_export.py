@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import torch
 
-from conftest import FAMILIES, make_model
+from conftest import FAMILIES, dart_features, make_model
 from test_dart_objective import EXAMPLES
 from test_rem import randomise_trainable
-from dartlm.data.layout import DartCollator, PromptFormat, encode_dart
+from dartlm.data.layout import DartCollator
 from dartlm.generate import generate_answers, load_exported, prompt_ids
 from dartlm.model import export as export_module
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters, ensure_pad_token
@@ -32,7 +32,7 @@ def trained_like(family, tokenizer):
     st_id = add_special_token(base, tok, ST_TOKEN)
     model = attach_adapters(base, LoraSettings(rank=8, alpha=16), RemSettings(rank=8, alpha=16))
     randomise_trainable(model)
-    features = [encode_dart(e, tok, PromptFormat(), st_id, SPEC.num_thought_tokens) for e in EXAMPLES]
+    features = [dart_features(e, tok, st_id, SPEC.num_thought_tokens) for e in EXAMPLES]
     probe = DartCollator(tok.pad_token_id)(features)["st"]
     return model.eval(), tok, probe
 
@@ -108,7 +108,7 @@ def test_batched_generation_with_left_padding_matches_one_by_one(tokenizer, tmp_
 def test_inference_prompt_is_the_st_pathway_without_the_answer(tokenizer, tmp_path):
     model, tok, probe = trained_like("llama", tokenizer)
     st_id = tok.convert_tokens_to_ids(ST_TOKEN)
-    features = encode_dart(EXAMPLES[0], tok, PromptFormat(), st_id, SPEC.num_thought_tokens)
+    features = dart_features(EXAMPLES[0], tok, st_id, SPEC.num_thought_tokens)
     (prompt,) = prompt_ids([EXAMPLES[0].question], tok, SPEC)
     assert prompt == features.st.input_ids[: features.st.anchor + 1]
 
