@@ -25,6 +25,20 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+def register_method(cls: type[Method], *, replace: bool = False) -> type[Method]:
+    """Make a method class available by its `name`, to configs and every command (usable as a class decorator).
+
+    A method that decodes like an existing one ("answer" or "cot") needs nothing else: training, export, the model
+    card (its `title` and `description`), evaluation and generation all go through the Method interface.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}: a method needs a name")
+    if cls.name in METHODS and METHODS[cls.name] is not cls and not replace:
+        raise ValueError(f"a method named {cls.name!r} is already registered ({METHODS[cls.name].__name__})")
+    METHODS[cls.name] = cls
+    return cls
+
+
 def get_method(config: MethodConfig) -> Method:
     try:
         cls = METHODS[config.name]

@@ -20,6 +20,9 @@ class Method:
     """
 
     name: str = ""
+    # What the exported model's card says the model is: a title and one paragraph.
+    title: str = ""
+    description: str = ""
     thought_token: str | None = None  # special token added to the vocabulary (<st>, <pause>)
     uses_rem: bool = False
     # "answer": the prompt ends with the separator and the model writes the answer.

@@ -77,6 +77,12 @@ class LatentMethod(Method):
 
 
 class CoconutMethod(LatentMethod):
+
+    title = "Coconut"
+    description = (
+        "It reasons in continuous thoughts: after `<bot>` it feeds its last hidden state back as the next "
+        "input a fixed number of times, then reads `<eot>` and the separator and answers."
+    )
     name = "coconut"
     curriculum = True
 

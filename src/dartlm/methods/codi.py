@@ -26,6 +26,13 @@ def hidden_size(model) -> int:
 
 
 class CodiMethod(LatentMethod):
+
+    title = "CODI"
+    description = (
+        "It reasons in continuous thoughts distilled from a chain of thought: after `<bot>` its last hidden "
+        "state, passed through a small projection (`latent_projection.safetensors`), becomes the next input a "
+        "fixed number of times, then it reads `<eot>` and the separator and answers."
+    )
     name = "codi"
     projection = True
 

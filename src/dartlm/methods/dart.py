@@ -109,6 +109,15 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
 class DartMethod(Method):
     """Both pathways, REM on the ST pathway, hidden-state distillation at z_N."""
 
+    title = "DART"
+    description = (
+        "It answers after a fixed number of silent-thought tokens (`<st>`), in one pass, with no chain of "
+        "thought. It was trained with a chain-of-thought pathway and a silent-thought pathway together, the "
+        "silent-thought pathway's hidden state before the answer distilled towards the chain-of-thought "
+        "pathway's (DART, arXiv 2506.11752). Its adapters (the Reasoning Evolvement Module on the key and "
+        "value inputs, and LoRA when used) are merged into the weights: this is the plain base architecture."
+    )
+
     name = "dart"
     thought_token = ST_TOKEN
     uses_rem = True

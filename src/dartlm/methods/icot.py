@@ -18,6 +18,12 @@ from dartlm.methods.base import Method, forward
 
 
 class IcotMethod(Method):
+
+    title = "iCoT"
+    description = (
+        "Trained by stepwise internalisation of the chain of thought (its tokens removed from the left on a "
+        "schedule): it answers right after the question and the separator."
+    )
     name = "icot"
     curriculum = True
 

@@ -101,6 +101,15 @@ class LeftPadded(Method):
 
 
 class QuietStarMethod(LeftPadded):
+
+    title = "Quiet-STaR"
+    description = (
+        "It thinks before every answer token: a short thought (start-of-thought embedding, a few greedy "
+        "tokens, end-of-thought embedding), whose final state a small mixing head (`quiet_head.safetensors`) "
+        "mixes with the thought-free one to predict the token; the thought is then dropped (Quiet-STaR, "
+        "Zelikman et al. 2024). Trained with REINFORCE on how much each thought improved the prediction of "
+        "the following true tokens."
+    )
     name = "quiet-star"
     decode = "quiet"
 
@@ -163,6 +172,13 @@ class QuietStarMethod(LeftPadded):
 
 
 class FastQuietStarMethod(QuietStarMethod):
+
+    title = "Fast Quiet-STaR"
+    description = (
+        "Quiet-STaR trained through stages of shorter thoughts (Fast Quiet-STaR, Huang et al. 2025): it "
+        "thinks before every answer token with the last stage's thought length, mixed in by "
+        "`quiet_head.safetensors`."
+    )
     name = "fast-quiet-star"
     curriculum = True
 
@@ -184,6 +200,13 @@ class FastQuietStarMethod(QuietStarMethod):
 
 
 class FqsNtpMethod(LeftPadded):
+
+    title = "Fast Quiet-STaR NTP"
+    description = (
+        "A plain next-token predictor trained by reinforcement learning towards a model that thinks before "
+        "every token (Fast Quiet-STaR NTP, Huang et al. 2025): it answers right after the question and the "
+        "separator, with no thought tokens."
+    )
     name = "fqs-ntp"
 
     def __init__(self, config):

@@ -11,6 +11,11 @@ from dartlm.model.adapters import PAUSE_TOKEN
 class CotMethod(Method):
     """SFT on `Q CoT Answer: Y`; the same loss as DART's teacher pathway (two means, summed)."""
 
+    title = "CoT"
+    description = (
+        "Fine-tuned on chains of thought: it writes its reasoning, then the separator and the answer."
+    )
+
     name = "cot"
     decode = "cot"
 
@@ -25,6 +30,11 @@ class CotMethod(Method):
 class NoCotMethod(Method):
     """SFT on `Q Answer: Y`, CE on the answer."""
 
+    title = "No-CoT"
+    description = (
+        "Fine-tuned on answers alone: it answers right after the question and the separator."
+    )
+
     name = "nocot"
 
     def layout(self, segments, thought_id):
@@ -37,6 +47,11 @@ class NoCotMethod(Method):
 
 class PauseMethod(NoCotMethod):
     """PauseFT (Goyal et al. 2024): `Q <pause>*C Answer: Y`, CE on the answer; DART's ST pathway alone."""
+
+    title = "PauseFT"
+    description = (
+        "Fine-tuned with pause tokens: it answers after a fixed number of `<pause>` tokens, in one pass."
+    )
 
     name = "pause"
     thought_token = PAUSE_TOKEN

@@ -18,35 +18,6 @@ from dartlm.model.export import PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
 
 CARD_FILE = "README.md"
 
-METHODS = {
-    "dart": ("DART", "It answers after a fixed number of silent-thought tokens (`<st>`), in one pass, with no chain of "
-             "thought. It was trained with a chain-of-thought pathway and a silent-thought pathway together, the "
-             "silent-thought pathway's hidden state before the answer distilled towards the chain-of-thought "
-             "pathway's (DART, arXiv 2506.11752). Its adapters (the Reasoning Evolvement Module on the key and value "
-             "inputs, and LoRA when used) are merged into the weights: this is the plain base architecture."),
-    "cot": ("CoT", "Fine-tuned on chains of thought: it writes its reasoning, then the separator and the answer."),
-    "nocot": ("No-CoT", "Fine-tuned on answers alone: it answers right after the question and the separator."),
-    "pause": ("PauseFT", "Fine-tuned with pause tokens: it answers after a fixed number of `<pause>` tokens, in one "
-              "pass."),
-    "icot": ("iCoT", "Trained by stepwise internalisation of the chain of thought (its tokens removed from the left on "
-             "a schedule): it answers right after the question and the separator."),
-    "coconut": ("Coconut", "It reasons in continuous thoughts: after `<bot>` it feeds its last hidden state back as "
-                "the next input a fixed number of times, then reads `<eot>` and the separator and answers."),
-    "codi": ("CODI", "It reasons in continuous thoughts distilled from a chain of thought: after `<bot>` its last "
-             "hidden state, passed through a small projection (`latent_projection.safetensors`), becomes the next "
-             "input a fixed number of times, then it reads `<eot>` and the separator and answers."),
-    "quiet-star": ("Quiet-STaR", "It thinks before every answer token: a short thought (start-of-thought embedding, "
-                   "a few greedy tokens, end-of-thought embedding), whose final state a small mixing head "
-                   "(`quiet_head.safetensors`) mixes with the thought-free one to predict the token; the thought is "
-                   "then dropped (Quiet-STaR, Zelikman et al. 2024). Trained with REINFORCE on how much each thought "
-                   "improved the prediction of the following true tokens."),
-    "fast-quiet-star": ("Fast Quiet-STaR", "Quiet-STaR trained through stages of shorter thoughts (Fast Quiet-STaR, "
-                        "Huang et al. 2025): it thinks before every answer token with the last stage's thought "
-                        "length, mixed in by `quiet_head.safetensors`."),
-    "fqs-ntp": ("Fast Quiet-STaR NTP", "A plain next-token predictor trained by reinforcement learning towards a "
-                "model that thinks before every token (Fast Quiet-STaR NTP, Huang et al. 2025): it answers right "
-                "after the question and the separator, with no thought tokens."),
-}
 
 
 def base_model_id(name_or_path: str) -> tuple[str | None, str]:
@@ -246,11 +217,14 @@ def settings_lines(config, terms: dict[str, float]) -> list[str]:
 
 
 def render_card(spec: PromptSpec, tokenizer, config, *, check=None, results: list[dict] | None = None,
-                terms: dict[str, float] | None = None, question: str = "What is 3 + 4?") -> str:
+                terms: dict[str, float] | None = None, question: str = "What is 3 + 4?",
+                about: tuple[str, str] | None = None) -> str:
+    """The card's markdown. about: (title, description) of the method, which the method itself provides
+    (Method.title, Method.description); without it, the method's name."""
     from dartlm import __version__
 
     hub_id, base_text = base_model_id(config.model.name_or_path)
-    title, description = METHODS.get(spec.method, (spec.method, ""))
+    title, description = about or (spec.method, "")
     origin = f"Fine-tuned from {base_text}." if base_text else "Trained from scratch (random initialisation)."
     metadata: dict[str, Any] = {}
     if hub_id:

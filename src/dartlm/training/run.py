@@ -359,8 +359,10 @@ def write_run_card(run_dir: Path, out_dir: Path, *, check=None, results: list[di
 
     config = load_run_config(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    method = get_method(config.method)
     return write_model_card(out_dir, PromptSpec.load(out_dir), tokenizer, config, check=check, results=results,
-                            terms=final_terms(run_dir), question=example_question(config))
+                            terms=final_terms(run_dir), question=example_question(config),
+                            about=(method.title or method.name, method.description))
 
 
 def example_question(config: Config) -> str:

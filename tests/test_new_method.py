@@ -1,0 +1,75 @@
+"""A new method is one class: defined here, registered, and then trained, exported, evaluated, decoded and described
+in a model card by the ordinary commands, without a line of the package edited."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch.nn.functional as F
+
+from dartlm.cli import main
+from dartlm.data.layout import ANSWER, build_pathway
+from dartlm.methods import METHODS, register_method
+from dartlm.methods.base import Method, forward
+
+from conftest import write_arithmetic_file
+
+
+class SmoothedAnswerMethod(Method):
+    """No-CoT's layout with label-smoothed cross-entropy on the answer tokens (a toy, not a recipe)."""
+
+    name = "smoothed-answer"
+    title = "Smoothed answer"
+    description = "A toy method defined in a test: the answer alone, trained with label smoothing 0.1."
+
+    def layout(self, segments, thought_id):
+        return build_pathway(segments, [])
+
+    def loss(self, model, batch, backward=None):
+        logits = forward(model, batch).logits[:, :-1]  # position t predicts token t+1
+        targets = batch["input_ids"][:, 1:]
+        mask = batch["roles"][:, 1:] == ANSWER
+        loss = F.cross_entropy(logits[mask].float(), targets[mask], label_smoothing=0.1)
+        return loss, {"answer_tokens": float(mask.sum())}
+
+
+@pytest.fixture
+def registered():
+    register_method(SmoothedAnswerMethod)
+    yield SmoothedAnswerMethod
+    METHODS.pop(SmoothedAnswerMethod.name)
+
+
+def test_a_method_defined_outside_the_package_runs_through_every_command(tmp_path, train_file, registered, capsys,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy.yaml").write_text(
+        "inherit: tiny/nocot\n"
+        "method:\n  name: smoothed-answer\n"
+        f"data:\n  train_path: {train_file}\n"
+        "training:\n  max_steps: 20\n  batch_size: 8\n  logging_steps: 5\n", encoding="utf-8")
+    assert main(["train", "toy.yaml", "--output-dir", "run"]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["answer_tokens"] for r in logged if "answer_tokens" in r][0] > 0  # the method's own term is logged
+    assert main(["export", "run", "model"]) == 0
+    assert json.loads((tmp_path / "model" / "dartlm_prompt.json").read_text())["method"] == "smoothed-answer"
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "# Smoothed answer model exported by dartlm" in card and "label smoothing 0.1" in card
+    write_arithmetic_file(tmp_path / "test.txt", count=5, seed=9)
+    assert main(["eval", "model", "--benchmark", "gsm8k", "--data-path", "test.txt", "--output", "eval.json",
+                 "--latency-items", "0"]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] == 5
+    capsys.readouterr()
+    assert main(["generate", "model", "Tom has 12 apples and buys 30 more. He doubles them. How many apples?"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+
+
+def test_registering_a_taken_name_is_refused(registered):
+    class Other(SmoothedAnswerMethod):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(Other)
+    with pytest.raises(ValueError, match="needs a name"):
+        register_method(type("Nameless", (Method,), {}))
