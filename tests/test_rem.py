@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import FAMILIES, FUSED_FAMILIES, make_model, randomise_adapters
 from dartlm.model.adapters import ST_TOKEN, LoraSettings, add_special_token, attach_adapters
 from dartlm.model.export import merge_adapters
 from dartlm.model.rem import (
+    CapturedAttention,
     RemFusedQKV,
     RemProjection,
     RemSettings,
@@ -119,33 +119,12 @@ def test_fused_merge_keeps_query_features(family, tokenizer):
     assert not torch.allclose(features(after)[:, kv], features(before)[:, kv])
 
 
-class CapturedAttention:
-    """An attention implementation that records the query, key and value states each layer receives (after the
-    architecture's own split of a fused projection) and then runs sdpa."""
-
-    name = "dartlm-test-capture"
-
-    def __init__(self):
-        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        AttentionInterface.register(self.name, self)
-
-    def __call__(self, module, query, key, value, *args, **kwargs):
-        self.calls.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, *args, **kwargs)
-
-    def first_layer(self, run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.calls.clear()
-        with torch.no_grad():
-            run()
-        return self.calls[0]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rem_feeds_x_prime_to_key_and_value_only(family, tokenizer):
     """Judged by the architecture's own attention code, not by REM's column indices: with the same REM on K and V,
     the first layer's query states equal those of the plain model, and its key and value states equal those of the
     plain model whose attention input is x' for every projection."""
-    capture = CapturedAttention()
+    capture = CapturedAttention("dartlm-test-capture")
     model = make_model(family, len(tokenizer))
     model.set_attn_implementation(capture.name)
     inject_rem(model, REM)

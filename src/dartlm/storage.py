@@ -59,22 +59,29 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path | str, mode: str = "w") -> Iterator:
-    """Open a temporary sibling of path for writing; on success it is fsynced and renamed over path."""
-    path = Path(path)
+def _temporary_sibling(path: Path) -> Iterator[tuple[int, str]]:
+    """(open descriptor, name) of a new hidden file beside path; once the block has written it, it is fsynced and
+    renamed over path. On any error it is removed and path is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         _usual_mode(tmp)
-        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
+        yield handle, tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_file(path: Path | str, mode: str = "w") -> Iterator:
+    """Open a temporary sibling of path for writing; on success it is fsynced and renamed over path."""
+    with _temporary_sibling(Path(path)) as (handle, _):
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as out:
+            yield out
 
 
 def write_text(path: Path | str, text: str) -> None:
@@ -92,20 +99,9 @@ def save_safetensors(state: dict, path: Path | str, metadata: dict | None = None
     """safetensors.torch.save_file, atomically (a kill mid-write leaves the old file or none, never half)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        _usual_mode(tmp)
+    with _temporary_sibling(Path(path)) as (handle, tmp):
+        os.close(handle)
         save_file(state, tmp, metadata=metadata)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def staging_folder(target: Path) -> Path:

@@ -358,15 +358,17 @@ def inject_rem(model: nn.Module, settings: RemSettings, *, verify: bool = True) 
     return wrappers
 
 
-class _CapturedAttention:
+class CapturedAttention:
     """An attention implementation that records the query, key and value states each layer receives, after the
-    architecture's own projection and split (so a wrong reading of a fused layout shows), then runs sdpa."""
+    architecture's own projection and split (so a wrong reading of a fused layout shows), then runs sdpa.
 
-    name = "dartlm-rem-check"
+    Registered with transformers under `name`; a model uses it after `model.set_attn_implementation(name)`.
+    """
 
-    def __init__(self):
+    def __init__(self, name: str = "dartlm-rem-check"):
         from transformers import AttentionInterface
 
+        self.name = name
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         AttentionInterface.register(self.name, self)
 
@@ -375,6 +377,13 @@ class _CapturedAttention:
 
         self.calls.append((query.detach().clone(), key.detach().clone(), value.detach().clone()))
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, *args, **kwargs)
+
+    def first_layer(self, run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(q, k, v) of the first attention call of `run()` (no gradients), None if attention was never called."""
+        self.calls.clear()
+        with torch.no_grad():
+            run()
+        return self.calls[0] if self.calls else None
 
 
 def verify_placement(model: nn.Module, wrappers: list[nn.Module]) -> None:
@@ -389,7 +398,7 @@ def verify_placement(model: nn.Module, wrappers: list[nn.Module]) -> None:
     if reference.device.type == "meta" or not hasattr(base, "set_attn_implementation"):
         return  # nothing to run (weights not materialised) or an architecture outside transformers' interface
     kind = type(base).__name__
-    capture = _CapturedAttention()
+    capture = CapturedAttention()
     previous = getattr(base.config, "_attn_implementation", None)
     saved = [{k: v.detach().clone() for k, v in rem.state_dict().items()} for w in wrappers for rem in _rems(w)]
     generator = torch.Generator().manual_seed(0)
@@ -402,14 +411,12 @@ def verify_placement(model: nn.Module, wrappers: list[nn.Module]) -> None:
         ids = torch.arange(1, 9, device=reference.device).remainder(vocab).unsqueeze(0)  # (1, 8)
         states = []
         for enabled in (True, False):
-            capture.calls.clear()
-            with torch.no_grad(), (contextlib.nullcontext() if enabled else rem_disabled(model)):
-                base(input_ids=ids, use_cache=False)
-            if not capture.calls:
+            with contextlib.nullcontext() if enabled else rem_disabled(model):
+                states.append(capture.first_layer(lambda: base(input_ids=ids, use_cache=False)))
+            if states[-1] is None:
                 raise UnsupportedArchitectureError(
                     f"{kind}: cannot check where REM acts: the model does not call transformers' attention "
                     "interface. Supported: " + "; ".join(SUPPORTED_FAMILIES))
-            states.append(capture.calls[0])
     except UnsupportedArchitectureError:
         raise
     except Exception as err:  # e.g. a fused layout read wrongly makes the attention's own reshape fail
