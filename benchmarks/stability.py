@@ -15,9 +15,13 @@ also fixed before the runs: every DART candidate (the paper's lambda = 20, L_dis
 lambda) against No-CoT and PauseFT on validation, seeds 0-2 x both bases; a candidate must beat the better of No-CoT
 and PauseFT on every run; among those, the largest smallest margin wins (ties within 1 point: the paper's default).
 
+    python benchmarks/stability.py --stage screen --output-dir stability --settings calm,calm-all,strong
     python benchmarks/stability.py --output-dir stability --settings current,calm,calm-all
     python benchmarks/stability.py --output-dir stability --report benchmarks/results/stability-study
     python benchmarks/stability.py --stage dart --settings calm --output-dir stability
+
+The screen (`--stage screen`) runs CoT alone on base 1, seed 0 for each setting, two settings side by side with one
+thread each, and drops the settings that cannot pass (SCREEN_FLOOR below); the full grid reuses that run.
 
 Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
 checkpoints resume the unfinished ones).
@@ -30,8 +34,11 @@ import json
 import statistics
 from pathlib import Path
 
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 from dartlm.comparison import resolve_variants, run_comparison
-from dartlm.demo import DemoSettings, apply_settings
+from dartlm.demo import DemoSettings, apply_settings, shared_base
 
 # Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
 SETTINGS = {
@@ -48,19 +55,35 @@ SETTINGS = {
     # Fresh problems and a longer warm-up at the current learning rate (the high lr without warm-up is a known
     # source of chaos; lr 2e-3 barely moves LoRA here, benchmarks/README.md).
     "fresh-warm": ["n_train=16000", "warmup_ratio=0.1"],
+    # LoRA on the MLPs too at the current learning rate, fresh problems, a longer warm-up (capacity without a
+    # lower lr).
+    "all-warm": ["n_train=16000", "warmup_ratio=0.1", "lora_targets=all"],
+    # A stronger base: three times the pretraining (the base's LM loss still falls at 3,000 steps,
+    # results/regime-base-4x128.json), fine-tuned as fresh-warm.
+    "strong": ["base_steps=9000", "n_train=16000", "warmup_ratio=0.1"],
 }
 BASE_SEEDS = (0, 1)
 SEEDS = (0, 1, 2)
 MAX_STD, MIN_GAP = 5.0, 30.0
 STAGES = {  # the variants each stage trains
+    "screen": ["cot"],
     "regime": ["nocot", "cot"],
     "dart": ["nocot", "pause", "dart", "dart-student", "dart-delayed", "dart-no-distill"],
 }
 DART_CANDIDATES = ("dart", "dart-student", "dart-delayed")
+# The screen: CoT alone on one (base, seed) per setting, before the full grid. A setting can pass the criterion only
+# if every one of its six CoT runs reaches SCREEN_FLOOR: with a standard deviation <= MAX_STD over n = 6 runs, no run
+# lies further than MAX_STD * (n - 1) / sqrt(n) = 10.2 points from the mean, and the mean must be >= No-CoT's + 30
+# >= 30. A setting below the floor on the screen run is therefore out without the other eleven runs; the screen
+# only saves runs, it never admits a setting.
+SCREEN_BASE_SEED, SCREEN_SEED = 1, 0  # base 1: where CoT failed in the first two settings
+SCREEN_FLOOR = MIN_GAP - MAX_STD * (len(BASE_SEEDS) * len(SEEDS) - 1) / (len(BASE_SEEDS) * len(SEEDS)) ** 0.5
 
 
 def run_dir(out: Path, name: str, base_seed: int, stage: str = "regime") -> Path:
-    return out / name / f"base-{base_seed}" if stage == "regime" else out / f"{stage}-{name}" / f"base-{base_seed}"
+    if stage in ("regime", "screen"):  # the screen's CoT run is one of the regime's twelve, reused by it
+        return out / name / f"base-{base_seed}"
+    return out / f"{stage}-{name}" / f"base-{base_seed}"
 
 
 def per_run(out: Path, name: str, stage: str, labels: list[str]) -> dict[str, list[dict]] | None:
@@ -115,12 +138,50 @@ def dart_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def setting(name: str, base_seed: int, save_every: int) -> DemoSettings:
+    return apply_settings(DemoSettings(), SETTINGS[name] + [f"base_seed={base_seed}", f"save_every={save_every}"])
+
+
+def screen_one(out: Path, name: str, save_every: int) -> None:
+    """The screen's CoT run of one setting; one thread, so that two run side by side on the two cores."""
+    run_comparison(resolve_variants(STAGES["screen"]), setting(name, SCREEN_BASE_SEED, save_every), [SCREEN_SEED],
+                   run_dir(out, name, SCREEN_BASE_SEED), workers=1, threads=1, latency_items=0, split="val")
+
+
+def screen(out: Path, names: list[str], workers: int, save_every: int) -> None:
+    for name in names:  # the bases first, one at a time with both cores, so that no two processes build one
+        shared_base(setting(name, SCREEN_BASE_SEED, save_every))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(screen_one, [out] * len(names), names, [save_every] * len(names)))
+
+
+def screened(out: Path, names: list[str]) -> dict:
+    """The screen's verdict per setting: CoT's validation accuracy on (base 1, seed 0) against SCREEN_FLOOR."""
+    rows = {}
+    for name in names:
+        path = run_dir(out, name, SCREEN_BASE_SEED) / f"seed-{SCREEN_SEED}" / "results" / "cot-val.json"
+        if path.is_file():
+            result = json.loads(path.read_text(encoding="utf-8"))
+            accuracy = 100 * result["accuracy"]
+            rows[name] = {"assignments": SETTINGS[name], "cot": accuracy, "final_loss": result["final_terms"].get("loss"),
+                          "passes": accuracy >= SCREEN_FLOOR}
+    return {"floor": SCREEN_FLOOR, "base_seed": SCREEN_BASE_SEED, "seed": SCREEN_SEED, "settings": rows}
+
+
+def screen_table(result: dict) -> str:
+    lines = [f"Screen: CoT on base {result['base_seed']}, seed {result['seed']}, validation; floor "
+             f"{result['floor']:.1f} % (below it a setting cannot pass the criterion).", "",
+             "| setting | --set | CoT val % | final train loss | to the full grid |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {' '.join(r['assignments']) or '(defaults)'} | {r['cot']:.1f} | {r['final_loss']:.3f} | "
+              f"{'yes' if r['passes'] else 'no'} |" for name, r in result["settings"].items()]
+    return "\n".join(lines)
+
+
 def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int, stage: str = "regime") -> None:
     variants = resolve_variants(STAGES[stage])
     for name in names:
         for base_seed in BASE_SEEDS:
-            settings = apply_settings(DemoSettings(), SETTINGS[name] + [f"base_seed={base_seed}",
-                                                                         f"save_every={save_every}"])
+            settings = setting(name, base_seed, save_every)
             print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
             run_comparison(variants, settings, seeds, run_dir(out, name, base_seed, stage), workers=workers,
                            latency_items=0, split="val")
@@ -135,6 +196,8 @@ def judge(out: Path, names: list[str]) -> dict:
             if not path.is_file():
                 break
             summary = json.loads(path.read_text(encoding="utf-8"))
+            if set(per_run) - set(summary["variants"]):  # the screen's CoT-only summary: not finished
+                break
             for label in per_run:
                 row = summary["variants"][label]
                 for seed, acc, terms in zip(summary["seeds"], row["accuracy_per_seed"], row["final_terms_per_seed"]):
@@ -200,7 +263,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--report", help="only judge the finished settings; write <report>.json and .md")
     parser.add_argument("--stage", choices=list(STAGES), default="regime",
-                        help="regime: No-CoT and CoT per setting; dart: DART's candidates on one chosen setting")
+                        help="screen: CoT on one (base, seed) per setting, to skip settings that cannot pass; regime: "
+                             "No-CoT and CoT per setting; dart: DART's candidates on one chosen setting")
     args = parser.parse_args()
     names = args.settings.split(",")
     unknown = [n for n in names if n not in SETTINGS]
@@ -208,8 +272,14 @@ def main() -> None:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     out = Path(args.output_dir)
     if not args.report:
-        run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every, args.stage)
-    if args.stage == "dart":
+        if args.stage == "screen":
+            screen(out, names, args.workers, args.save_every)
+        else:
+            run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every, args.stage)
+    if args.stage == "screen":
+        result = screened(out, names)
+        text = screen_table(result)
+    elif args.stage == "dart":
         result = judge_dart(out, names[0])
         text = dart_table(result) if result else "not finished"
     else:

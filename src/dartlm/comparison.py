@@ -156,14 +156,17 @@ def job_path(out_dir: Path, seed: int, variant: Variant, split: str) -> Path:
 
 
 def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[int], out_dir: Path, *,
-                   workers: int = 1, latency_items: int = 100, split: str = "test", log=print) -> dict:
+                   workers: int = 1, latency_items: int = 100, split: str = "test", threads: int | None = None,
+                   log=print) -> dict:
     """Train and score every (seed, variant) on `split` (val to choose, test to report), then time every variant
-    side by side; writes comparison.{json,md,png}."""
+    side by side; writes comparison.{json,md,png}. `threads`: torch threads per job (default: the two cores shared
+    among the workers)."""
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ConfigError(f"seeds {seeds}: give each seed once")
     out_dir.mkdir(parents=True, exist_ok=True)
     with OutputLock(out_dir, "comparison folder"):
-        return _run_comparison(variants, settings, seeds, out_dir, workers, latency_items, split, log)
+        return _run_comparison(variants, settings, seeds, out_dir, workers, latency_items, split, log,
+                               threads or (1 if workers > 1 else 2))
 
 
 # Settings that change how a run is saved or which methods a demo runs, not what a job trains.
@@ -200,7 +203,7 @@ def finished_result(path: Path, fingerprint: str) -> bool:
     return True
 
 
-def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_items, split, log) -> dict:
+def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_items, split, log, threads) -> dict:
     started = time.perf_counter()
     base = base_identity(shared_base(settings, log))  # built once here, before the workers, so they never race
     jobs = []
@@ -216,7 +219,7 @@ def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_i
             if finished_result(result_path, fingerprint):
                 continue  # done in an earlier, interrupted run
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
-                         "result_path": str(result_path), "threads": 1 if workers > 1 else 2, "split": split,
+                         "result_path": str(result_path), "threads": threads, "split": split,
                          "fingerprint": fingerprint})
     log(f"{len(variants)} variants x {len(seeds)} seeds: {len(jobs)} runs to do, {workers} worker(s)")
     # Two waves: the variants that learn from another's exported model run after every other job.
