@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import FAMILIES, make_model
-from dartlm.decoding import greedy_decode
+from dartlm.thinking.decoding import greedy_decode
 from dartlm.generate import left_padded
 
 

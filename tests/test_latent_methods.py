@@ -10,9 +10,9 @@ import torch
 
 from test_methods import prepared
 from dartlm.data.layout import ANSWER, REASONING
-from dartlm.decoding import SequenceRunner
+from dartlm.thinking.decoding import SequenceRunner
 from dartlm.generate import decode_prompts, prompt_ids
-from dartlm.latent import BOT_TOKEN, EOT_TOKEN
+from dartlm.thinking.latent import BOT_TOKEN, EOT_TOKEN
 from dartlm.methods.icot import sample_offset
 
 from conftest import randomise_adapters

@@ -12,6 +12,7 @@ from dartlm.cli import main
 from dartlm.data.layout import ANSWER, build_pathway
 from dartlm.methods import METHODS, register_method
 from dartlm.methods.base import Method, forward
+from dartlm.thinking import MODES, Thinking, register_thinking
 
 from conftest import write_arithmetic_file
 
@@ -65,6 +66,56 @@ def test_a_method_defined_outside_the_package_runs_through_every_command(tmp_pat
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
 
+class TerseThinking(Thinking):
+    """A toy way of thinking: the answer prompt, and at most two answer tokens, whatever the model would write."""
+
+    name = "terse"
+    max_new_tokens = 2
+
+    def layout(self, spec, bos, separator):
+        return f"{bos}question + {separator}, then at most two answer tokens"
+
+    def decode(self, model, tokenizer, spec, batch, *, max_new_tokens, min_new_tokens=0, use_cache=True):
+        return super().decode(model, tokenizer, spec, batch, max_new_tokens=min(max_new_tokens, 2),
+                              min_new_tokens=min(min_new_tokens, 2), use_cache=use_cache)
+
+
+class TerseMethod(SmoothedAnswerMethod):
+    name = "terse-answer"
+    title = "Terse answer"
+    decode = TerseThinking.name
+
+
+@pytest.fixture
+def terse():
+    register_thinking(TerseThinking())
+    register_method(TerseMethod)
+    yield TerseMethod
+    METHODS.pop(TerseMethod.name)
+    MODES.pop(TerseThinking.name)
+
+
+def test_a_method_with_its_own_way_of_thinking_is_decoded_by_it_everywhere(tmp_path, train_file, terse,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy.yaml").write_text(
+        "inherit: tiny/nocot\n"
+        "method:\n  name: terse-answer\n"
+        f"data:\n  train_path: {train_file}\n"
+        "training:\n  max_steps: 4\n  batch_size: 8\n", encoding="utf-8")
+    assert main(["train", "toy.yaml", "--output-dir", "run"]) == 0
+    assert main(["export", "run", "model"]) == 0
+    assert json.loads((tmp_path / "model" / "dartlm_prompt.json").read_text())["decode"] == "terse"
+    assert "then at most two answer tokens" in (tmp_path / "model" / "README.md").read_text()
+    write_arithmetic_file(tmp_path / "test.txt", count=6, seed=9)
+    # --max-new-tokens asks for 32; the toy's decode caps every answer at two tokens.
+    assert main(["eval", "model", "--benchmark", "gsm8k", "--data-path", "test.txt", "--output", "eval.json",
+                 "--latency-items", "0", "--max-new-tokens", "32"]) == 0
+    items = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()
+             if '"type": "item"' in line]
+    assert len(items) == 6 and max(i["new_tokens"] for i in items) <= 2
+
+
 def test_registering_a_taken_name_is_refused(registered):
     class Other(SmoothedAnswerMethod):
         pass
@@ -73,3 +124,16 @@ def test_registering_a_taken_name_is_refused(registered):
         register_method(Other)
     with pytest.raises(ValueError, match="needs a name"):
         register_method(type("Nameless", (Method,), {}))
+    with pytest.raises(ValueError, match="already registered"):
+        register_thinking(type("OtherAnswer", (Thinking,), {"name": "answer"})())
+
+
+def test_an_unknown_way_of_thinking_is_named_with_the_known_ones():
+    from dartlm.model.export import ExportError, PromptSpec
+    from dartlm.thinking import thinking_for
+
+    spec = PromptSpec(method="someone-elses", num_thought_tokens=0, thought_token=None, separator="Answer:",
+                      decode="telepathy")
+    with pytest.raises(ExportError, match=r"decode 'telepathy' \(method someone-elses\): no such way of thinking; "
+                                          r"known: answer, cot, latent, quiet"):
+        thinking_for(spec)

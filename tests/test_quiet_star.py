@@ -13,12 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_model
 from dartlm.config import ConfigError, load_config
-from dartlm.decoding import SequenceRunner
+from dartlm.thinking.decoding import SequenceRunner
 from dartlm.generate import generate, load_exported, prompt_ids, without_thoughts
 from dartlm.methods import get_method
 from dartlm.methods.quiet_star import policy_rewards, reinforce_loss
 from dartlm.model.export import PROMPT_FILE, QUIET_HEAD_FILE
-from dartlm.quiet import END, START, QuietHead, mixed_logits, think_in_parallel, thought_mask
+from dartlm.thinking.quiet import END, START, QuietHead, mixed_logits, think_in_parallel, thought_mask
 from dartlm.training.run import export_run, train
 
 QUESTIONS = ["Tom has 12 apples and buys 30 more. He doubles them. How many apples?", "What is 3 + 4?"]

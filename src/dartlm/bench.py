@@ -30,6 +30,7 @@ from dartlm.model.adapters import PAUSE_TOKEN, ST_TOKEN, add_special_token, atta
 from dartlm.model.export import PromptSpec, merge_adapters
 from dartlm.model.loading import load_base_model, load_tokenizer
 from dartlm.model.prepare import lora_settings, rem_settings
+from dartlm.thinking import thinking_for
 
 
 @dataclass
@@ -58,8 +59,8 @@ def inference_variants(config: Config, num_thoughts: int, *, include_unmerged: b
         p.requires_grad_(False)
     sep = config.method.separator
 
-    def spec(method, count, token, decode="answer"):
-        return PromptSpec(method=method, num_thought_tokens=count, thought_token=token, separator=sep, decode=decode)
+    def spec(method: str) -> PromptSpec:  # each method's own prompt, as its export would record it
+        return get_method(MethodConfig(name=method, num_thought_tokens=num_thoughts, separator=sep)).prompt_spec()
 
     pause_model, pause_tokenizer = copy.deepcopy(base), copy.deepcopy(tokenizer)
     add_special_token(pause_model, pause_tokenizer, PAUSE_TOKEN)
@@ -70,15 +71,15 @@ def inference_variants(config: Config, num_thoughts: int, *, include_unmerged: b
     _randomise_adapters(adapter_model)
     adapter_model.eval()
     variants = [
-        Variant("nocot", base, spec("nocot", 0, None), tokenizer),
-        Variant("pause", pause_model.eval(), spec("pause", num_thoughts, PAUSE_TOKEN), pause_tokenizer),
+        Variant("nocot", base, spec("nocot"), tokenizer),
+        Variant("pause", pause_model.eval(), spec("pause"), pause_tokenizer),
     ]
-    dart_spec = spec("dart", num_thoughts, ST_TOKEN)
+    dart_spec = spec("dart")
     if include_unmerged:
         variants.append(Variant("dart (adapters, unmerged)", adapter_model, dart_spec, dart_tokenizer))
         adapter_model = copy.deepcopy(adapter_model)
     variants.append(Variant("dart (merged)", merge_adapters(adapter_model).eval(), dart_spec, dart_tokenizer))
-    variants.append(Variant("cot", base, spec("cot", 0, None, decode="cot"), tokenizer))
+    variants.append(Variant("cot", base, spec("cot"), tokenizer))
     return tokenizer, variants
 
 
@@ -86,6 +87,10 @@ def pinned_lengths(example: Example, tokenizer, separator: str) -> dict[str, int
     """Tokens a trained model would write: the answer (+eos), or the CoT, separator and answer (+eos)."""
     seg = segment_example(example, tokenizer, PromptFormat(separator=separator))
     return {"answer": len(seg.answer), "cot": len(seg.cot) + len(seg.separator) + len(seg.answer)}
+
+
+def pinned_length(lengths: dict[str, int], spec: PromptSpec) -> int:
+    return lengths["cot" if thinking_for(spec).writes_chain else "answer"]
 
 
 def bench_inference(config: Config, examples: list[Example], *, num_thoughts: int = 20, warmup: int = 3,
@@ -105,7 +110,7 @@ def bench_inference(config: Config, examples: list[Example], *, num_thoughts: in
         order = variants[index % len(variants):] + variants[: index % len(variants)]
         for v in order:
             (prompt,) = prompt_ids([example.question], v.tokenizer, v.spec)
-            length = lengths["cot" if v.spec.decode == "cot" else "answer"]
+            length = pinned_length(lengths, v.spec)
             repeats = warmup + 1 if index == 0 else 1
             for _ in range(repeats):  # the first question warms every variant up
                 with stopwatch(device) as watch:
@@ -147,7 +152,7 @@ def sample_cost(variant: Variant, example: Example, separator: str, device: str)
     tokenizer = variant.tokenizer
     (prompt,) = prompt_ids([example.question], tokenizer, variant.spec)
     lengths = pinned_lengths(example, tokenizer, separator)
-    length = lengths["cot" if variant.spec.decode == "cot" else "answer"]
+    length = pinned_length(lengths, variant.spec)
 
     def run():
         decode_prompts(variant.model, tokenizer, variant.spec, [prompt], max_new_tokens=length, min_new_tokens=length)

@@ -94,12 +94,13 @@ def _onnx(args) -> int:
 
 def _generate(args) -> int:
     from dartlm.generate import generate, load_exported
+    from dartlm.thinking import thinking_for
 
     model, tokenizer, spec = load_exported(args.model_dir)
     for g in generate(model, tokenizer, spec, args.questions, max_new_tokens=args.max_new_tokens):
         if g.cot:
             print(f"CoT: {g.cot}")
-        print(f"Answer: {g.answer}" if spec.decode == "cot" else g.answer)
+        print(f"Answer: {g.answer}" if thinking_for(spec).writes_chain else g.answer)
     return 0
 
 
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from dartlm.config import ConfigError
     from dartlm.data.readers import DataError
     from dartlm.eval.evaluate import ResumeMismatchError
-    from dartlm.eval.lm_eval_task import PromptNotExpressibleError
+    from dartlm.thinking import PromptNotExpressibleError
     from dartlm.model.base_lm import ShippedBaseError
     from dartlm.model.export import ExportError, MergeMismatchError
     from dartlm.model.offline import OfflineModelError

@@ -1,8 +1,8 @@
-"""Answer questions with an exported model, each method decoding its own way, greedily and batched."""
+"""Answer questions with an exported model, each model thinking its own way (dartlm.thinking), greedily and batched."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -10,18 +10,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dartlm.data.example import Example
-from dartlm.data.layout import PROMPT, Pathway, PromptFormat, build_pathway, pad_pathways, segment_example
-from dartlm.decoding import SequenceRunner, greedy_continue, greedy_decode
-from dartlm.latent import run_thoughts, thought_projection
-from dartlm.model.export import ExportError, PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
-from dartlm.quiet import QuietHead, quiet_decode
+from dartlm.data.layout import PROMPT, Pathway, PromptFormat, pad_pathways, segment_example
+from dartlm.model.export import ExportError, PromptSpec
+from dartlm.thinking import QuietThinking, thinking_for
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str  # everything the model wrote (special tokens removed)
-    answer: str  # the text after the separator (decode "cot"), or all of it (decode "answer")
-    cot: str = ""  # the chain of thought, for decode "cot"
+    answer: str  # the text after the separator (a model that writes its reasoning), or all of it
+    cot: str = ""  # the reasoning, for a model that writes it
     num_tokens: int = 0  # tokens generated, eos excluded
     thought_tokens: int = 0  # tokens thought and dropped on the way (Quiet-STaR)
 
@@ -29,6 +27,7 @@ class Generation:
 def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer, prompt spec) of a folder written by `dartlm export`; the model is a stock HF model."""
     spec = PromptSpec.load(Path(folder))
+    thinking = thinking_for(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
@@ -36,11 +35,11 @@ def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = 
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise ExportError(f"{folder}: cannot load the exported model: {first}") from None
     hidden = model.get_input_embeddings().weight.shape[1]
-    # CODI's thought projection and Quiet-STaR's head are not part of the architecture; they travel beside it.
-    if spec.projection:
-        model.latent_projection = _side_module(thought_projection(hidden), folder, PROJECTION_FILE, device, dtype)
-    if spec.decode == "quiet":
-        model.quiet_head = _side_module(QuietHead(hidden), folder, QUIET_HEAD_FILE, device, dtype)
+    # Modules of the method's own (CODI's projection, Quiet-STaR's head) are not part of the architecture; they
+    # travel beside it.
+    for attribute, filename in thinking.needed_side_modules(spec).items():
+        module = thinking.build_side_module(attribute, hidden, spec)
+        setattr(model, attribute, _side_module(module, folder, filename, device, dtype))
     return model, tokenizer, spec
 
 
@@ -57,28 +56,19 @@ def _side_module(module, folder, filename: str, device, dtype):
 def without_thoughts(spec: PromptSpec) -> PromptSpec:
     """A Quiet-STaR model's spec, answering from the thought-free state alone (the mixing weight at 0): what its
     answers are worth without thinking, an ablation at inference."""
-    if spec.decode != "quiet":
+    thinking = thinking_for(spec)
+    if not isinstance(thinking, QuietThinking):
         raise ValueError(f"answering without thoughts applies to models that think before each token (Quiet-STaR, "
                          f"Fast Quiet-STaR); this is a {spec.method} model")
-    return replace(spec, decode="answer", num_thought_tokens=0, quiet_n_ahead=0)
+    return thinking.without_thoughts(spec)
 
 
 def prompt_ids(questions: Sequence[str], tokenizer, spec: PromptSpec) -> list[tuple[int, ...]]:
     """Token ids of the inference prompt, built segment by segment exactly as in training."""
     fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
-    thoughts = []
-    if spec.num_thought_tokens and spec.decode == "answer":
-        thoughts = [tokenizer.convert_tokens_to_ids(spec.thought_token)] * spec.num_thought_tokens
-    prompts = []
-    for question in questions:
-        seg = segment_example(Example(question=question, steps=(), answer=""), tokenizer, fmt)
-        if spec.decode == "cot":
-            prompts.append(seg.prefix + seg.question)
-        elif spec.decode == "latent":
-            prompts.append(seg.prefix + seg.question + (tokenizer.convert_tokens_to_ids(spec.latent_markers[0]),))
-        else:
-            prompts.append(build_pathway(seg, thoughts, with_answer=False).input_ids)
-    return prompts
+    thinking = thinking_for(spec)
+    return [thinking.prompt(segment_example(Example(question=question, steps=(), answer=""), tokenizer, fmt),
+                            tokenizer, spec) for question in questions]
 
 
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -87,35 +77,12 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torc
 
 
 def split_generation(text: str, spec: PromptSpec, num_tokens: int = 0, thought_tokens: int = 0) -> Generation:
-    if spec.decode != "cot":
-        return Generation(text.strip(), text.strip(), "", num_tokens, thought_tokens)
-    cot, sep, answer = text.partition(spec.separator)
-    return Generation(text.strip(), answer.strip() if sep else "", cot.strip(), num_tokens, thought_tokens)
-
-
-def latent_suffix_ids(tokenizer, spec: PromptSpec) -> tuple[int, ...]:
-    """What follows the continuous thoughts at inference: <eot> and the separator; then the model answers."""
-    fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
-    seg = segment_example(Example(question="", steps=(), answer=""), tokenizer, fmt)
-    return (tokenizer.convert_tokens_to_ids(spec.latent_markers[1]),) + seg.separator
-
-
-@torch.no_grad()
-def latent_decode(model, tokenizer, spec: PromptSpec, batch: dict[str, torch.Tensor], *, max_new_tokens: int,
-                  min_new_tokens: int = 0, use_cache: bool = True):
-    """Prefix, spec.num_thought_tokens continuous thoughts, <eot> SEP, then greedy answer tokens."""
-    runner = SequenceRunner(model, use_cache=use_cache)
-    step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
-    run_thoughts(runner, step, spec.num_thought_tokens, getattr(model, "latent_projection", None))
-    rows = batch["input_ids"].shape[0]
-    suffix = torch.tensor([latent_suffix_ids(tokenizer, spec)] * rows, device=batch["input_ids"].device)
-    logits = runner.feed_ids(suffix).logits[:, -1]
-    return greedy_continue(runner, logits, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id, min_new_tokens=min_new_tokens)
+    answer, cot = thinking_for(spec).split(text, spec)
+    return Generation(text.strip(), answer, cot, num_tokens, thought_tokens)
 
 
 def default_max_new_tokens(spec: PromptSpec) -> int:
-    return 256 if spec.decode == "cot" else 32
+    return thinking_for(spec).max_new_tokens
 
 
 def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -130,22 +97,9 @@ def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequenc
         decoded = onnx_greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
                                      min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.pad_token_id)
-    elif spec.decode == "latent":
-        decoded = latent_decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
-                                min_new_tokens=min_new_tokens, use_cache=use_cache)
-    elif spec.decode == "quiet":
-        with torch.no_grad():
-            runner = SequenceRunner(model, use_cache=use_cache)
-            step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
-            decoded = quiet_decode(model, runner, step.last_hidden, n_ahead=spec.quiet_n_ahead,
-                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     else:
-        decoded = greedy_decode(
-            model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            use_cache=use_cache,
-        )
+        decoded = thinking_for(spec).decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
+                                            min_new_tokens=min_new_tokens, use_cache=use_cache)
     texts = tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True)
     thoughts = decoded.thought_tokens or [0] * len(texts)
     return ([split_generation(t, spec, len(ids), n) for t, ids, n in zip(texts, decoded.tokens, thoughts)],

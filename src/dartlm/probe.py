@@ -27,11 +27,11 @@ import torch
 from dartlm.config import ConfigError
 from dartlm.data.example import Example
 from dartlm.data.layout import PromptFormat, segment_example, separator_ids
-from dartlm.decoding import SequenceRunner
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
-from dartlm.generate import generate, latent_suffix_ids, left_padded, prompt_ids
-from dartlm.latent import run_thoughts
+from dartlm.generate import generate, left_padded
 from dartlm.model.export import PromptSpec
+from dartlm.thinking import thinking_for
+from dartlm.thinking.decoding import SequenceRunner
 
 _RESULT = re.compile(r"<<[^<>=]*=\s*([^<>]+?)\s*>>")
 
@@ -99,39 +99,24 @@ def collect_states(model, tokenizer, spec: PromptSpec, questions: Sequence[str],
                    batch_size: int = 16) -> States:
     """Every layer's state at every thought position and at z_N, for each question, by the method's own prompt."""
     fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
+    thinking = thinking_for(spec)
     gold = [first_content_token(segment_example(Example("", (), a), tokenizer, fmt).answer, tokenizer)
             for a in answers]
-    thoughts = spec.num_thought_tokens if spec.decode in ("answer", "latent") else 0
-    labels = [f"thought {k + 1}" for k in range(thoughts)] + ["z_N"]
-    chunks, skipped = [], {}
+    labels = [f"thought {k + 1}" for k in range(thinking.probed_thoughts(spec))] + ["z_N"]
     separator = len(separator_ids(tokenizer, fmt))
-    if spec.decode == "cot":  # z_N after the model's own chain: decode it, then re-encode the chain
-        prompts, kept = [], []
-        for question, generation in zip(questions, generate(model, tokenizer, spec, questions,
-                                                             batch_size=batch_size)):
-            wrote_separator = spec.separator in generation.text
-            kept.append(wrote_separator)
-            seg = segment_example(Example(question, (generation.cot,) if generation.cot else (), ""), tokenizer, fmt)
-            prompts.append(seg.prefix + seg.question + seg.cot + seg.separator)
-        skipped["no separator in the model's chain"] = kept.count(False)
-    else:
-        prompts, kept = prompt_ids(questions, tokenizer, spec), [True] * len(questions)
+
+    def segment(question: str, reasoning: str):
+        return segment_example(Example(question, (reasoning,) if reasoning else (), ""), tokenizer, fmt)
+
+    prompts, kept, skipped = thinking.probe_prompts(
+        tokenizer, spec, questions, segment, lambda qs: generate(model, tokenizer, spec, qs, batch_size=batch_size))
+    chunks = []
     for start in range(0, len(prompts), batch_size):
         batch = left_padded(prompts[start : start + batch_size], tokenizer.pad_token_id)
         runner = SequenceRunner(model)
         step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
-        width = batch["input_ids"].shape[1]
-        if spec.decode == "latent":
-            parts = []
-            run_thoughts(runner, step, thoughts, getattr(model, "latent_projection", None),
-                         on_thought=lambda s: parts.append(_stack(s.hidden_states, [0])))
-            suffix = torch.tensor([latent_suffix_ids(tokenizer, spec)] * batch["input_ids"].shape[0])
-            step = runner.feed_ids(suffix, hidden_states=True)
-            parts.append(_stack(step.hidden_states, [suffix.shape[1] - 1]))
-            chunks.append(torch.cat(parts, dim=2))
-        else:
-            first = width - separator - thoughts
-            chunks.append(_stack(step.hidden_states, list(range(first, first + thoughts)) + [width - 1]))
+        chunks.append(thinking.probe_states(runner, step, tokenizer, spec, batch["input_ids"].shape[1], separator,
+                                           _stack))
     return States(labels, torch.cat(chunks), kept, gold, skipped)
 
 

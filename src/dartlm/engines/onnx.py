@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from dartlm import storage
-from dartlm.decoding import Decoded, Step, greedy_continue, positions_from_mask
+from dartlm.thinking.decoding import Decoded, Step, greedy_continue, positions_from_mask
 from dartlm.model.export import PROMPT_FILE, ExportError, PromptSpec, model_fingerprint, write_manifest
+from dartlm.thinking import thinking_for
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "dartlm_onnx.json"  # how the graph was made, and what it was checked against
-TOKEN_PROMPTED = ("answer", "cot")  # decode modes whose prompts and steps are token ids only
 CHECK_TOLERANCE = 1e-4  # max |logit difference| over max |logit|, ONNX Runtime against PyTorch, both fp32
 
 
@@ -84,7 +84,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     source = model_fingerprint(model_dir)
     spec = PromptSpec.load(model_dir)
-    if spec.decode not in TOKEN_PROMPTED:
+    if not thinking_for(spec).token_prompted:
         raise ExportError(f"{model_dir}: a {spec.method} model decodes with {spec.decode} thoughts, which need hidden "
                           "states between steps; ONNX Runtime serves models prompted with tokens only (No-CoT, "
                           "CoT, PauseFT, DART, iCoT)")
@@ -148,7 +148,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
 @torch.no_grad()
 def _check(step: _Step, engine: "OnnxCausalLM", probe: dict, tokenizer) -> float:
     """The largest relative logit difference between PyTorch and ONNX Runtime over the prompt and two tokens."""
-    from dartlm.decoding import SequenceRunner
+    from dartlm.thinking.decoding import SequenceRunner
 
     torch_runner, onnx_runner = SequenceRunner(step.model), engine.runner()
     worst = 0.0
@@ -237,6 +237,6 @@ def load_onnx(folder: Path):
     except ImportError:
         raise ExportError("ONNX Runtime is not installed: pip install -e \".[onnx]\"") from None
     spec = PromptSpec.load(folder)
-    if spec.decode not in TOKEN_PROMPTED:
+    if not thinking_for(spec).token_prompted:
         raise ExportError(f"{folder}: {spec.decode} decoding does not run in ONNX Runtime")
     return OnnxCausalLM(folder), AutoTokenizer.from_pretrained(folder), spec

@@ -21,6 +21,7 @@ from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.eval.measure import machine_info, stopwatch, summarize
 from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids, without_thoughts
 from dartlm.model.export import PromptSpec, model_fingerprint
+from dartlm.thinking import thinking_for
 from dartlm.storage import OutputLock, sha256_file, write_json, write_text
 
 STREAM_VERSION = 2  # 2: the model is identified by every file's sha256, the data by its whole content
@@ -127,7 +128,7 @@ def _append(path: Path, records: list[dict]) -> None:
 
 def score_record(item: BenchmarkItem, generation, spec: PromptSpec) -> dict:
     # Answer-decoding methods were prompted with the separator: score the text as if it were written out.
-    text = generation.text if spec.decode == "cot" else f"{spec.separator} {generation.text}"
+    text = thinking_for(spec).scored_text(generation.text, spec)
     score = score_answer(item.kind, text, item.target, question=item.question, separator=spec.separator)
     return {
         "type": "item", "id": item.id, "target": item.target, "output": generation.text,

@@ -21,19 +21,15 @@ import yaml
 from transformers import AutoTokenizer
 
 from dartlm.config import ConfigError
-from dartlm.data.layout import PromptFormat
 from dartlm.eval.benchmarks import load_benchmark
 from dartlm.generate import default_max_new_tokens, prompt_ids
 from dartlm.model.export import PromptSpec
+from dartlm.thinking import PromptNotExpressibleError, thinking_for
 from dartlm.storage import write_text
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
 BASE_TASK = TASKS_DIR / "dartlm_task.yaml"
 TASK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-
-
-class PromptNotExpressibleError(ValueError):
-    """The model's prompt cannot be written as text that tokenises back to its ids."""
 
 
 @dataclass(frozen=True)
@@ -46,19 +42,7 @@ class TaskFiles:
 
 def prompt_text(question: str, spec: PromptSpec) -> str:
     """The inference prompt as text; `prompt_ids` is the reference it must tokenise to."""
-    if spec.decode == "latent":
-        raise PromptNotExpressibleError(
-            f"a {spec.method} model thinks in continuous thoughts (hidden states fed back as inputs), which no text "
-            "prompt can express; evaluate it with `dartlm eval`")
-    if spec.decode == "quiet":
-        raise PromptNotExpressibleError(
-            f"a {spec.method} model thinks before every answer token through its mixing head, which lm-eval's "
-            "plain generation does not run; evaluate it with `dartlm eval`")
-    if spec.decode == "cot":
-        return question
-    fmt = PromptFormat(separator=spec.separator, joiner=spec.joiner)
-    thoughts = spec.thought_token * spec.num_thought_tokens if spec.num_thought_tokens else ""
-    return question + thoughts + fmt.joiner + fmt.separator
+    return thinking_for(spec).prompt_text(question, spec)
 
 
 def write_lm_eval_task(model_dir: Path, benchmark: str, data_path: Path, out_dir: Path, *,
@@ -84,7 +68,8 @@ def write_lm_eval_task(model_dir: Path, benchmark: str, data_path: Path, out_dir
                 f"{next((k for k, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))})"
                 "; lm-eval would not score the model on its own prompt")
         docs.append({"id": item.id, "question": item.question, "prompt": text, "target": item.target,
-                     "kind": item.kind, "separator": spec.separator, "decode": spec.decode})
+                     "kind": item.kind, "separator": spec.separator, "decode": spec.decode,
+                     "scored_prefix": thinking_for(spec).scored_text("", spec)})
     out_dir.mkdir(parents=True, exist_ok=True)
     data = out_dir / f"{name}.jsonl"
     write_text(data, "".join(json.dumps(d) + "\n" for d in docs))

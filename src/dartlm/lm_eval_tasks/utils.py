@@ -5,8 +5,11 @@ from dartlm.eval.answers import score_answer
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     generated = results[0]
-    # Answer-decoding models were prompted with the separator: score the text as if it were written out, as
-    # `dartlm eval` does.
-    text = generated.strip() if doc["decode"] == "cot" else f"{doc['separator']} {generated.strip()}"
+    # What the scorer reads before the generation, as `dartlm eval` scores it: the separator for models prompted
+    # with it, nothing for models that write their reasoning (tasks written before `scored_prefix`: from `decode`).
+    prefix = doc.get("scored_prefix")
+    if prefix is None:
+        prefix = "" if doc["decode"] == "cot" else f"{doc['separator']} "
+    text = prefix + generated.strip()
     score = score_answer(doc["kind"], text, doc["target"], question=doc["question"], separator=doc["separator"])
     return {"strict": float(score.strict), "flexible": float(score.flexible)}

@@ -11,6 +11,7 @@ from dartlm.config import MethodConfig
 from dartlm.data.example import Example
 from dartlm.data.layout import PromptFormat, pad_pathways, segment_example
 from dartlm.model.export import PromptSpec
+from dartlm.thinking import AnswerThinking
 
 
 class Method:
@@ -25,9 +26,10 @@ class Method:
     description: str = ""
     thought_token: str | None = None  # special token added to the vocabulary (<st>, <pause>)
     uses_rem: bool = False
-    # "answer": the prompt ends with the separator and the model writes the answer.
-    # "cot": the prompt is the question; the model writes the CoT, the separator, then the answer.
-    decode: str = "answer"
+    # How the exported model thinks at inference: the name of a registered `dartlm.thinking.Thinking` ("answer":
+    # the prompt ends with the separator and the model writes the answer; "cot": the model writes the CoT, the
+    # separator, then the answer; "latent", "quiet"). It owns the prompt, the decoding and the card's snippet.
+    decode: str = AnswerThinking.name
 
     # A curriculum (iCoT, Coconut) changes the layout as training advances; the trainer tells the method where it
     # is (`set_progress`) and resets the optimizer whenever `schedule_key` changes.

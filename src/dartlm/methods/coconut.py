@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dartlm.data.layout import ANSWER, PROMPT, REASONING, Pathway, Segments, segment_example, step_ids
-from dartlm.latent import BOT_TOKEN, EOT_TOKEN, latent_batch, run_latent_pathway
+from dartlm.thinking.latent import BOT_TOKEN, EOT_TOKEN, LatentThinking, latent_batch, run_latent_pathway
 from dartlm.losses import masked_mean, token_cross_entropy
 from dartlm.methods.base import Method
 from dartlm.model.export import PromptSpec
@@ -49,7 +49,7 @@ def latent_suffix(features: LatentFeatures, steps: tuple[tuple[int, ...], ...]) 
 class LatentMethod(Method):
     """What Coconut and CODI share: the markers, the features and the way they decode."""
 
-    decode = "latent"
+    decode = LatentThinking.name
     projection = False  # CODI feeds thoughts through a projection
 
     @property

@@ -11,14 +11,12 @@ not part of the base architecture: the export writes it beside the merged model.
 from __future__ import annotations
 
 from dartlm.data.layout import build_pathway, pad_pathways
-from dartlm.latent import latent_batch, run_latent_pathway, thought_projection
 from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
                            teacher_spread)
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
 from dartlm.methods.dart import DartLoss, DartLossSettings
-
-PROJECTION_ATTRIBUTE = "latent_projection"
+from dartlm.thinking.latent import PROJECTION_ATTRIBUTE, latent_batch, run_latent_pathway, thought_projection
 
 
 def hidden_size(model) -> int:

@@ -38,11 +38,12 @@ import torch.nn.functional as F
 
 from dartlm.config import ConfigError
 from dartlm.data.layout import ANSWER, PAD_ROLE, build_pathway, pad_pathways
-from dartlm.decoding import positions_from_mask
+from dartlm.thinking.decoding import positions_from_mask
 from dartlm.losses import masked_mean
 from dartlm.methods.base import Method, forward
 from dartlm.model.export import PromptSpec
-from dartlm.quiet import (HEAD_ATTRIBUTE, QuietHead, choose_tokens, meta_init_embedding, mixed_logits,
+from dartlm.thinking import QuietThinking, thinking_for
+from dartlm.thinking.quiet import (HEAD_ATTRIBUTE, QuietHead, choose_tokens, meta_init_embedding, mixed_logits,
                           think_in_parallel, thought_head)
 
 
@@ -111,7 +112,7 @@ class QuietStarMethod(LeftPadded):
         "the following true tokens."
     )
     name = "quiet-star"
-    decode = "quiet"
+    decode = QuietThinking.name
 
     def extend_model(self, model, tokenizer=None):
         hidden = model.get_input_embeddings().weight.shape[1]
@@ -223,7 +224,7 @@ class FqsNtpMethod(LeftPadded):
 
             folder = Path(self.config.ntp_teacher)
             model, _, spec = load_exported(folder, device=str(device))
-            if spec.decode != "quiet":
+            if not isinstance(thinking_for(spec), QuietThinking):
                 raise ValueError(f"{folder}: method.ntp_teacher must be an exported quiet-star or fast-quiet-star "
                                  f"model, got one of method {spec.method!r}")
             model.requires_grad_(False)

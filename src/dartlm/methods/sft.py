@@ -6,6 +6,7 @@ from dartlm.data.layout import build_pathway
 from dartlm.losses import answer_loss, cot_pathway_loss
 from dartlm.methods.base import Method, forward, thoughts
 from dartlm.model.adapters import PAUSE_TOKEN
+from dartlm.thinking import ChainThinking
 
 
 class CotMethod(Method):
@@ -17,7 +18,7 @@ class CotMethod(Method):
     )
 
     name = "cot"
-    decode = "cot"
+    decode = ChainThinking.name
 
     def layout(self, segments, thought_id):
         return build_pathway(segments, None)

@@ -14,11 +14,10 @@ from typing import Any
 import yaml
 
 from dartlm.data.layout import PromptFormat, bos_prefix, separator_ids
-from dartlm.model.export import PROJECTION_FILE, QUIET_HEAD_FILE, PromptSpec
+from dartlm.model.export import PromptSpec
+from dartlm.thinking import thinking_for
 
 CARD_FILE = "README.md"
-
-
 
 def base_model_id(name_or_path: str) -> tuple[str | None, str]:
     """(Hub id for the metadata or None, a phrase for the text) of the model a run fine-tuned."""
@@ -58,91 +57,7 @@ def snippet(spec: PromptSpec, tokenizer, question: str) -> str:
         "",
         f"question = {question!r}",
     ]
-    separator = json.dumps(fmt.joiner + spec.separator)
-    if spec.decode == "answer":
-        thoughts = ""
-        if spec.num_thought_tokens:
-            lines.append(f"thought = tokenizer.convert_tokens_to_ids({spec.thought_token!r})")
-            thoughts = f" + [thought] * {spec.num_thought_tokens}"
-        lines += [
-            f"ids = {bos}encode(question){thoughts} + encode({separator})",
-            "output = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,",
-            "                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)",
-            "print(tokenizer.decode(output[0, len(ids):], skip_special_tokens=True).strip())",
-        ]
-    elif spec.decode == "cot":
-        lines += [
-            f"ids = {bos}encode(question)",
-            "output = model.generate(torch.tensor([ids]), max_new_tokens=256, do_sample=False,",
-            "                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)",
-            "text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)",
-            f"reasoning, _, answer = text.partition({json.dumps(spec.separator)})",
-            "print(answer.strip())",
-        ]
-    elif spec.decode == "latent":
-        start, end = spec.latent_markers
-        lines += [
-            f"ids = {bos}encode(question) + [tokenizer.convert_tokens_to_ids({start!r})]",
-            "embed = model.get_input_embeddings()",
-        ]
-        if spec.projection:
-            lines += [
-                "from safetensors.torch import load_file",
-                "n = model.config.hidden_size",
-                "projection = torch.nn.Sequential(torch.nn.Linear(n, n), torch.nn.GELU(), torch.nn.Linear(n, n),",
-                "                                 torch.nn.LayerNorm(n))",
-                f"projection.load_state_dict(load_file({PROJECTION_FILE!r}))",
-            ]
-        feed = "projection(last)" if spec.projection else "last"
-        lines += [
-            "with torch.no_grad():",
-            "    inputs = embed(torch.tensor([ids]))",
-            f"    for _ in range({spec.num_thought_tokens}):  # continuous thoughts: the last hidden state fed back",
-            "        last = model(inputs_embeds=inputs, output_hidden_states=True).hidden_states[-1][:, -1:]",
-            f"        inputs = torch.cat([inputs, {feed}.to(inputs.dtype)], dim=1)",
-            f"    after = [tokenizer.convert_tokens_to_ids({end!r})] + encode({separator})",
-            "    inputs = torch.cat([inputs, embed(torch.tensor([after]))], dim=1)",
-            "    answer = []",
-            "    for _ in range(32):  # greedy",
-            "        token = model(inputs_embeds=inputs).logits[0, -1].argmax().item()",
-            "        if token == tokenizer.eos_token_id:",
-            "            break",
-            "        answer.append(token)",
-            "        inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)",
-            "print(tokenizer.decode(answer, skip_special_tokens=True).strip())",
-        ]
-    elif spec.decode == "quiet":
-        lines += [
-            "from safetensors.torch import load_file",
-            f"head = load_file({QUIET_HEAD_FILE!r})  # the mixing head and the start/end-of-thought embeddings",
-            "n = model.config.hidden_size",
-            "mixer = torch.nn.Sequential(torch.nn.Linear(2 * n, n), torch.nn.ReLU(), torch.nn.Linear(n, n),",
-            "                            torch.nn.ReLU(), torch.nn.Linear(n, 1))",
-            'mixer.load_state_dict({k[len("mixer."):]: v for k, v in head.items() if k.startswith("mixer.")})',
-            'start, end = (head["meta"] * head["embedding_scale"])[:, None, None]  # (1, 1, n) each',
-            "embed = model.get_input_embeddings()",
-            f"ids = {bos}encode(question) + encode({separator})",
-            "with torch.no_grad():",
-            "    inputs = embed(torch.tensor([ids]))",
-            "    answer = []",
-            "    for _ in range(32):  # greedy; a thought before every answer token",
-            "        h_base = model(inputs_embeds=inputs, output_hidden_states=True).hidden_states[-1][:, -1]",
-            "        thought = torch.cat([inputs, start], dim=1)",
-            f"        for _ in range({spec.quiet_n_ahead - 2}):  # the thought's tokens, greedy",
-            "            token = model(inputs_embeds=thought).logits[:, -1].argmax(-1)",
-            "            thought = torch.cat([thought, embed(token[:, None])], dim=1)",
-            "        thought = torch.cat([thought, end], dim=1)",
-            "        h_post = model(inputs_embeds=thought, output_hidden_states=True).hidden_states[-1][:, -1]",
-            "        w = mixer(torch.cat([h_base, h_post], dim=-1))",
-            "        token = model.get_output_embeddings()((1 - w) * h_base + w * h_post)[0].argmax().item()",
-            "        if token == tokenizer.eos_token_id:",
-            "            break",
-            "        answer.append(token)  # the thought is dropped; the token is kept",
-            "        inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)",
-            "print(tokenizer.decode(answer, skip_special_tokens=True).strip())",
-        ]
-    else:
-        raise ValueError(f"unknown decode mode {spec.decode!r}")
+    lines += thinking_for(spec).snippet(spec, bos, json.dumps(fmt.joiner + spec.separator))
     return "\n".join(lines)
 
 
@@ -151,21 +66,7 @@ def prompt_description(spec: PromptSpec, tokenizer) -> str:
     bos = "[bos] " if bos_prefix(tokenizer) else ""
     sep = repr(fmt.joiner + spec.separator)
     sep_tokens = len(separator_ids(tokenizer, fmt))
-    if spec.decode == "answer" and spec.num_thought_tokens:
-        layout = f"{bos}question + `{spec.thought_token}` x {spec.num_thought_tokens} + {sep}, then the answer"
-    elif spec.decode == "answer":
-        layout = f"{bos}question + {sep}, then the answer"
-    elif spec.decode == "cot":
-        layout = f"{bos}question, then the model writes its reasoning, {sep} and the answer"
-    elif spec.decode == "quiet":
-        layout = (f"{bos}question + {sep}, then the answer, thinking before each answer token: a start-of-thought "
-                  f"embedding, {spec.quiet_n_ahead - 2} greedy thought tokens and an end-of-thought embedding, whose "
-                  f"state the mixing head of `{QUIET_HEAD_FILE}` mixes with the thought-free one (the thought is "
-                  "then dropped)")
-    else:
-        start, end = spec.latent_markers
-        layout = (f"{bos}question + `{start}`, {spec.num_thought_tokens} continuous thoughts, `{end}` + {sep}, "
-                  "then the answer")
+    layout = thinking_for(spec).layout(spec, bos, sep)
     return (f"{layout}. Each part is tokenised on its own (no special tokens added), the separator is {sep_tokens} "
             f"token(s) long, and the answer ends with the eos token. The same layout is in `dartlm_prompt.json`.")
 

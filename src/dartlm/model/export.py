@@ -26,8 +26,6 @@ MANIFEST_FILE = "dartlm_export.json"
 CARD_FILE = "README.md"
 PROJECTION_FILE = "latent_projection.safetensors"
 QUIET_HEAD_FILE = "quiet_head.safetensors"
-# Modules of a method's own that are not part of the base architecture: written beside the merged model.
-SIDE_MODULES = {"latent_projection": PROJECTION_FILE, "quiet_head": QUIET_HEAD_FILE}
 
 
 class MergeMismatchError(RuntimeError):

@@ -323,7 +323,8 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
     out_dir's place by rename: a kill at any point leaves the old export or the new one, never a mixture.
     """
     from dartlm.generate import left_padded, prompt_ids
-    from dartlm.model.export import DEFAULT_TOLERANCE, SIDE_MODULES, export_model, write_manifest
+    from dartlm.model.export import DEFAULT_TOLERANCE, export_model, write_manifest
+    from dartlm.thinking import side_module_files
 
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     with OutputLock(out_dir, "export folder"):
@@ -334,7 +335,8 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
         spec = run.method.prompt_spec()
         probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
         # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.
-        side = {name: getattr(run.model, name) for name in SIDE_MODULES if hasattr(run.model, name)}
+        files = side_module_files()
+        side = {name: getattr(run.model, name) for name in files if hasattr(run.model, name)}
         for name in side:
             delattr(run.model, name)
         staged = storage.staging_folder(out_dir)
@@ -343,7 +345,7 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
                                  dtype=save_dtype, log=log)
             for name, module in side.items():
                 state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in module.state_dict().items()}
-                storage.save_safetensors(state, staged / SIDE_MODULES[name])
+                storage.save_safetensors(state, staged / files[name])
             write_run_card(run_dir, staged, check=check, results=results)
             write_manifest(staged, source=str(run_dir.resolve()), checkpoint=checkpoint)
             storage.replace_folder(staged, out_dir)

@@ -17,12 +17,14 @@ larger effective learning rate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from dartlm.decoding import Decoded, SequenceRunner, greedy_continue, positions_from_mask
+from dartlm.model.export import QUIET_HEAD_FILE, PromptSpec
+from dartlm.thinking.base import AnswerThinking, PromptNotExpressibleError, Thinking
+from dartlm.thinking.decoding import Decoded, SequenceRunner, greedy_continue, positions_from_mask
 
 HEAD_ATTRIBUTE = "quiet_head"
 START, END = 0, 1
@@ -276,3 +278,80 @@ def quiet_decode(model, runner: SequenceRunner, step_hidden: torch.Tensor, *, n_
     steps = min(max_new_tokens, max((len(row) + 1 for row in decoded.tokens), default=0))
     decoded.thought_tokens = [thinking * min(len(row) + 1, steps) for row in decoded.tokens]
     return decoded
+
+
+# --- the way of thinking of an exported Quiet-STaR model -------------------------------------------------------
+
+
+class QuietThinking(Thinking):
+    """The answer prompt without thought tokens; before each answer token a thought of quiet_n_ahead tokens
+    (start and end included), mixed in by the head saved in `quiet_head.safetensors`."""
+
+    name = "quiet"
+    token_prompted = False
+    side_modules = {HEAD_ATTRIBUTE: QUIET_HEAD_FILE}
+
+    def build_side_module(self, attribute: str, hidden: int, spec: PromptSpec) -> nn.Module:
+        return QuietHead(hidden)
+
+    def thought_ids(self, tokenizer, spec: PromptSpec) -> list[int]:
+        return []
+
+    @torch.no_grad()
+    def decode(self, model, tokenizer, spec: PromptSpec, batch: dict[str, torch.Tensor], *, max_new_tokens: int,
+               min_new_tokens: int = 0, use_cache: bool = True) -> Decoded:
+        runner = SequenceRunner(model, use_cache=use_cache)
+        step = runner.feed_ids(batch["input_ids"], batch["attention_mask"], hidden_states=True)
+        return quiet_decode(model, runner, step.last_hidden, n_ahead=spec.quiet_n_ahead,
+                            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+    def prompt_text(self, question: str, spec: PromptSpec) -> str:
+        raise PromptNotExpressibleError(
+            f"a {spec.method} model thinks before every answer token through its mixing head, which lm-eval's "
+            "plain generation does not run; evaluate it with `dartlm eval`")
+
+    def layout(self, spec: PromptSpec, bos: str, separator: str) -> str:
+        return (f"{bos}question + {separator}, then the answer, thinking before each answer token: a start-of-thought "
+                f"embedding, {spec.quiet_n_ahead - 2} greedy thought tokens and an end-of-thought embedding, whose "
+                f"state the mixing head of `{QUIET_HEAD_FILE}` mixes with the thought-free one (the thought is "
+                "then dropped)")
+
+    def snippet(self, spec: PromptSpec, bos: str, separator: str) -> list[str]:
+        return [
+            "from safetensors.torch import load_file",
+            f"head = load_file({QUIET_HEAD_FILE!r})  # the mixing head and the start/end-of-thought embeddings",
+            "n = model.config.hidden_size",
+            "mixer = torch.nn.Sequential(torch.nn.Linear(2 * n, n), torch.nn.ReLU(), torch.nn.Linear(n, n),",
+            "                            torch.nn.ReLU(), torch.nn.Linear(n, 1))",
+            'mixer.load_state_dict({k[len("mixer."):]: v for k, v in head.items() if k.startswith("mixer.")})',
+            'start, end = (head["meta"] * head["embedding_scale"])[:, None, None]  # (1, 1, n) each',
+            "embed = model.get_input_embeddings()",
+            f"ids = {bos}encode(question) + encode({separator})",
+            "with torch.no_grad():",
+            "    inputs = embed(torch.tensor([ids]))",
+            "    answer = []",
+            f"    for _ in range({self.max_new_tokens}):  # greedy; a thought before every answer token",
+            "        h_base = model(inputs_embeds=inputs, output_hidden_states=True).hidden_states[-1][:, -1]",
+            "        thought = torch.cat([inputs, start], dim=1)",
+            f"        for _ in range({spec.quiet_n_ahead - 2}):  # the thought's tokens, greedy",
+            "            token = model(inputs_embeds=thought).logits[:, -1].argmax(-1)",
+            "            thought = torch.cat([thought, embed(token[:, None])], dim=1)",
+            "        thought = torch.cat([thought, end], dim=1)",
+            "        h_post = model(inputs_embeds=thought, output_hidden_states=True).hidden_states[-1][:, -1]",
+            "        w = mixer(torch.cat([h_base, h_post], dim=-1))",
+            "        token = model.get_output_embeddings()((1 - w) * h_base + w * h_post)[0].argmax().item()",
+            "        if token == tokenizer.eos_token_id:",
+            "            break",
+            "        answer.append(token)  # the thought is dropped; the token is kept",
+            "        inputs = torch.cat([inputs, embed(torch.tensor([[token]]))], dim=1)",
+            "print(tokenizer.decode(answer, skip_special_tokens=True).strip())",
+        ]
+
+    def probed_thoughts(self, spec: PromptSpec) -> int:
+        return 0  # its thoughts come after the prompt, one per answer token: z_N is the prompt's last state
+
+    def without_thoughts(self, spec: PromptSpec) -> PromptSpec:
+        """The spec answering from the thought-free state alone (the mixing weight at 0): what the answers are
+        worth without thinking, an ablation at inference."""
+        return replace(spec, decode=AnswerThinking.name, num_thought_tokens=0, quiet_n_ahead=0)
