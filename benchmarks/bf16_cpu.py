@@ -27,10 +27,12 @@ from pathlib import Path
 def agreement(folder: Path, steps: int, items: int, autocast: bool) -> dict:
     import torch
 
-    from dartlm.demo import DemoSettings, method_config, prepare_data, shared_base
+    from dartlm.experiments.data import prepare_data
+    from dartlm.experiments.settings import DemoSettings, method_config, shared_base
     from dartlm.eval.benchmarks import load_benchmark
     from dartlm.generate import generate, load_exported
-    from dartlm.training.run import export_run, train
+    from dartlm.exports.run import export_run
+    from dartlm.training.run import train
 
     settings = dataclasses.replace(DemoSettings(), train_steps=steps)
     if not (folder / "data").is_dir():
@@ -76,7 +78,8 @@ print(json.dumps({"loaded_bytes": loaded, "peak_bytes": peak, "rise_bytes": peak
 
 
 def memory(folder: Path, steps: int, batch: int) -> dict:
-    from dartlm.demo import DemoSettings, prepare_data
+    from dartlm.experiments.data import prepare_data
+    from dartlm.experiments.settings import DemoSettings
 
     prepare_data(dataclasses.replace(DemoSettings(), n_train=200), folder / "data")
     common = [f"data.train_path={folder / 'data' / 'train.txt'}", f"training.max_steps={steps}",

@@ -16,7 +16,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from dartlm.demo import DemoSettings, run_demo
+from dartlm.experiments.demo import run_demo
+from dartlm.experiments.settings import DemoSettings
 
 SETTINGS = [  # (task steps, max operand, operations), in increasing difficulty
     (2, 20, "+-"),

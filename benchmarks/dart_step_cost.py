@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from dartlm.bench import _train_step, _training_setup, count_flops
+from dartlm.experiments.bench import _train_step, _training_setup, count_flops
 from dartlm.data.sources import load_examples
-from dartlm.demo import DemoSettings, method_config, prepare_data, shared_base
+from dartlm.experiments.data import prepare_data
+from dartlm.experiments.settings import DemoSettings, method_config, shared_base
 from dartlm.eval.measure import machine_info
 
 METHODS = ("nocot", "cot", "pause", "dart")

@@ -26,9 +26,9 @@ from dartlm.methods import get_method
 from dartlm.model import export as export_module
 from dartlm.model.export import DEFAULT_TOLERANCE, merge_adapters, merge_with_check
 from dartlm.model.loading import build_meta_model, load_base_model, load_tokenizer
-from dartlm.model.prepare import prepare_model
+from dartlm.training.prepare import prepare_model
 from dartlm.model.rem import rem_wrappers
-from dartlm.training.run import PROBE_QUESTIONS
+from dartlm.exports.run import PROBE_QUESTIONS
 
 CONFIGS = {"smollm2-135m": "smollm2/dart", "llama-3.2-1b": "paper/llama-3.2-1b-dart"}
 

@@ -37,8 +37,9 @@ from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-from dartlm.comparison import resolve_variants, run_comparison
-from dartlm.demo import DemoSettings, apply_settings, shared_base
+from dartlm.experiments.jobs import run_comparison
+from dartlm.experiments.variants import resolve_variants
+from dartlm.experiments.settings import DemoSettings, apply_settings, shared_base
 
 # Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
 SETTINGS = {

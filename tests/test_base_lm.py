@@ -82,7 +82,7 @@ def test_the_demos_base_ships_in_the_package_loads_and_matches_its_hashes():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dartlm.demo import DemoSettings, base_spec
+    from dartlm.experiments.settings import DemoSettings, base_spec
     from dartlm.model.base_lm import shipped_base, verify_shipped
 
     spec = base_spec(DemoSettings())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from dartlm.bench import bench_inference, bench_training, inference_table, pinned_lengths, training_table
+from dartlm.experiments.bench import bench_inference, bench_training, inference_table, pinned_lengths, training_table
 from dartlm.config import load_config
 from dartlm.data.example import Example
+from dartlm.eval.measure import PeakMemory
 from dartlm.model.loading import load_tokenizer
 
 EXAMPLES = [
@@ -39,7 +41,7 @@ def test_inference_bench_pins_lengths_and_compares_every_variant(config):
     assert variants["dart (merged)"]["flops_per_sample"] == variants["pause"]["flops_per_sample"] > 0
     assert variants["cot"]["flops_per_sample"] > variants["nocot"]["flops_per_sample"]
     assert variants["dart (adapters, unmerged)"]["flops_per_sample"] > variants["dart (merged)"]["flops_per_sample"]
-    assert all(v["working_memory_bytes"] >= 0 for v in variants.values())
+    assert {v["memory_kind"] for v in variants.values()} == {PeakMemory("cpu").kind}
     assert "dart_vs_nocot" in inference_table(result)
 
 
@@ -54,3 +56,17 @@ def test_training_bench_counts_flops_and_memory(config):
         assert memory["peak_bytes"] >= memory["loaded_bytes"] > 0
     assert "dart_vs_cot" in result["ratios"]
     assert "GFLOPs" in training_table(result)
+
+
+def test_peak_memory_sees_what_a_phase_allocates_after_a_larger_earlier_peak():
+    """The working-memory figure is the peak above the footprint at reset: an earlier, larger peak (a model load)
+    must not hide a phase's allocation."""
+    earlier = torch.ones(96 * 2**20 // 4)  # 96 MiB, then freed: the process's high-water mark so far
+    del earlier
+    meter = PeakMemory("cpu")
+    meter.reset()
+    before = meter.peak_bytes()
+    block = torch.ones(32 * 2**20 // 4)  # 32 MiB, written
+    grown = meter.peak_bytes() - before
+    del block
+    assert 31 * 2**20 <= grown <= 40 * 2**20

@@ -10,7 +10,8 @@ from safetensors import safe_open
 
 from dartlm.config import load_config
 from dartlm.generate import generate, load_exported
-from dartlm.training.run import export_run, train
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 
 def test_bf16_training_and_export_on_cpu(tmp_path, train_file):

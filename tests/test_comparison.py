@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dartlm.cli import main
-from dartlm.comparison import GROUPS, VARIANTS, resolve_variants
+from dartlm.experiments.variants import GROUPS, VARIANTS, resolve_variants
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,7 @@ def test_compare_in_the_pretrained_base_regime_on_the_validation_split(tmp_path)
 
 
 def test_answer_variety_by_hand(tmp_path):
-    from dartlm.comparison import answer_variety
+    from dartlm.experiments.report import answer_variety
 
     scores = tmp_path / "scores.jsonl"
     items = [("3", "3"), ("3", "4"), ("5", "4"), ("3", "4")]  # (prediction, target)

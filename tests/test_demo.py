@@ -47,7 +47,7 @@ def test_quick_demo_trains_evaluates_exports_and_answers(tmp_path):
 
 def test_set_assigns_demo_settings_with_the_config_files_type_checks():
     from dartlm.config import ConfigError
-    from dartlm.demo import DemoSettings, apply_settings, base_spec, method_config
+    from dartlm.experiments.settings import DemoSettings, apply_settings, base_spec, method_config
 
     settings = apply_settings(DemoSettings(), ["lr=3e-3", "n_train=16000", "base_seed=1", "warmup_ratio=0.1",
                                                "lora_targets=all", "methods=nocot,cot"])
@@ -63,3 +63,21 @@ def test_set_assigns_demo_settings_with_the_config_files_type_checks():
                          ("methods=nocot,magic", "unknown method(s) magic"), ("lr=[", "invalid value")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             apply_settings(DemoSettings(), [bad])
+
+
+def test_command_flags_go_through_the_same_parser_as_set():
+    from dartlm.config import ConfigError
+    from dartlm.experiments.settings import DemoSettings, settings_from_options
+
+    flags = {"lr": 3e-3, "methods": "nocot,dart", "operations": "+-*", "layers": None, "output_dir": "ignored"}
+    settings = settings_from_options(flags, ["n_train=100"], quick=True)
+    assert (settings.lr, settings.methods, settings.operations, settings.n_train) == \
+        (3e-3, ("nocot", "dart"), "+-*", 100)
+    assert settings.layers == DemoSettings.quick().layers  # a flag not given keeps the default
+    # a base trained on the task's text, or a given pretrained model, replaces the general base unless asked for
+    assert settings_from_options({"pretrain_steps": 10}).base_steps == 0
+    assert settings_from_options({"base_model": "smollm2-135m"}).base_steps == 0
+    assert settings_from_options({"pretrain_steps": 10, "base_steps": 50}).base_steps == 50
+    assert settings_from_options({"train_steps": 7}, ["train_steps=9"]).train_steps == 9  # --set comes last
+    with pytest.raises(ConfigError, match=re.escape("unknown method(s) magic")):
+        settings_from_options({"methods": "nocot,magic"})

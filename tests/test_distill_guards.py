@@ -109,7 +109,7 @@ def test_codi_student_routing_reaches_the_projection_and_no_shared_weight(tokeni
 
     def grads(**changes):
         method.config = dataclasses.replace(method.config, **changes)
-        method.settings = DartLossSettings.from_config(method.config)
+        method.loss_settings = DartLossSettings.from_config(method.config)
         model.zero_grad()
         method.loss(model, batch)[0].backward()
         return {n: p.grad.clone() for n, p in params.items()}

@@ -12,7 +12,8 @@ from dartlm.cli import main
 from dartlm.config import ConfigError, load_config
 from dartlm.eval.evaluate import EvalSettings, ResumeMismatchError, evaluate
 from dartlm.model.export import MANIFEST_FILE, ExportError, model_fingerprint
-from dartlm.training.run import RunError, export_run, train
+from dartlm.exports.run import export_run
+from dartlm.training.run import RunError, train
 from dartlm.training.trainer import TRAINABLE_WEIGHTS
 
 from conftest import write_arithmetic_file
@@ -137,8 +138,9 @@ def test_a_cut_last_line_in_the_training_log_is_skipped(made, tmp_path):
 def test_compare_refuses_results_and_data_of_other_settings(tmp_path):
     from dataclasses import replace
 
-    from dartlm.comparison import resolve_variants, run_comparison
-    from dartlm.demo import DemoSettings
+    from dartlm.experiments.jobs import run_comparison
+    from dartlm.experiments.variants import resolve_variants
+    from dartlm.experiments.settings import DemoSettings
 
     settings = replace(DemoSettings.quick(), base_steps=0, train_steps=2, n_train=40, n_val=4, n_test=4)
     variants = resolve_variants(["nocot"])

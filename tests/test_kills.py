@@ -22,7 +22,8 @@ from dartlm.config import load_config
 from dartlm.model.base_lm import BaseModelSpec, is_built
 from dartlm.model.export import model_fingerprint
 from dartlm.storage import LockedError, OutputLock
-from dartlm.training.run import export_run, train
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 from conftest import write_arithmetic_file
 
@@ -97,7 +98,7 @@ def test_sigkill_during_export_never_leaves_a_half_export(tmp_path, train_file, 
         import time
         from pathlib import Path
         import safetensors.torch, dartlm.storage as storage
-        from dartlm.training.run import export_run
+        from dartlm.exports.run import export_run
         slow = safetensors.torch.save_file
         def save_file(*args, **kwargs):
             time.sleep(0.2)

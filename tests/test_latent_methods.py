@@ -64,7 +64,7 @@ def test_batched_latent_decoding_equals_one_by_one(latent):
 def test_latent_training_loss_is_the_same_with_and_without_the_cache(latent):
     model, method, batch, _ = latent
     if method.name == "coconut":
-        method.set_progress(2 * method.config.coconut_epochs_per_stage, 0)  # stage 2: four thoughts
+        method.set_progress(2 * method.settings.coconut_epochs_per_stage, 0)  # stage 2: four thoughts
     with torch.no_grad():
         cached, _ = method.loss(model, batch)
         recomputed, _ = method.loss(model, batch, use_cache=False)
@@ -93,7 +93,7 @@ def test_a_thought_is_the_last_hidden_state_fed_back(tokenizer):
 
 def test_coconut_stages_replace_steps_with_thoughts(tokenizer):
     model, method, batch, tok, _ = prepared("coconut", tokenizer)
-    c, last = method.config.coconut_thoughts_per_step, method.config.coconut_max_stages
+    c, last = method.settings.coconut_thoughts_per_step, method.settings.coconut_max_stages
     features = batch["features"]
     two_steps = next(i for i, f in enumerate(features) if len(f.steps) == 2)
     for stage in range(last + 1):
@@ -103,7 +103,7 @@ def test_coconut_stages_replace_steps_with_thoughts(tokenizer):
         expected = [tok.convert_tokens_to_ids(EOT_TOKEN)] + [t for s in kept for t in s] + \
             list(features[two_steps].segments.separator + features[two_steps].segments.answer)
         assert row_ids == expected
-        assert method.stage(stage * method.config.coconut_epochs_per_stage) == stage
+        assert method.stage(stage * method.settings.coconut_epochs_per_stage) == stage
     assert method.stage(100.0) == last
     assert method.prompt_spec().num_thought_tokens == last * c
     prefix = method.batch(batch, "cpu", 0)["prefix"]
@@ -126,15 +126,15 @@ def test_codi_distills_at_the_separator_and_supervises_only_the_answer(tokenizer
 
 def test_icot_removes_cot_tokens_from_the_left_on_schedule(tokenizer):
     model, method, batch, tok, _ = prepared("icot", tokenizer)
-    method.config.icot_smoothing = 0.0
-    method.config.icot_tokens_per_epoch = 2.0
+    method.settings.icot_smoothing = 0.0
+    method.settings.icot_tokens_per_epoch = 2.0
     seg = batch["segments"][2]
     for epoch, removed in ((0.0, 0), (0.4, 0), (0.9, 1), (1.0, 2), (2.5, 5)):
         method.set_progress(epoch, 0)
         tensors, _ = method.batch(batch, "cpu")
         ids = tensors["input_ids"][2][tensors["roles"][2] == REASONING].tolist()
         assert ids == list(seg.cot[removed:] + seg.separator)
-    method.config.icot_remove_all_after = 4
+    method.settings.icot_remove_all_after = 4
     method.set_progress(2.0, 0)
     tensors, mean_removed = method.batch(batch, "cpu")
     assert not ((tensors["roles"] == REASONING).sum(1) > len(seg.separator)).any()  # only the separator is left
@@ -160,7 +160,8 @@ def test_train_export_and_answer_from_the_exported_folder(name, overrides, tmp_p
     (a plain model, plus CODI's projection) decodes exactly as the trained adapter model."""
     from dartlm.config import load_config
     from dartlm.generate import generate, load_exported
-    from dartlm.training.run import export_run, load_trained, train
+    from dartlm.exports.run import export_run
+    from dartlm.training.run import load_trained, train
 
     config = load_config(f"tiny/{name}", [f"data.train_path={train_file}", "training.max_steps=6",
                                           "training.batch_size=4", "training.logging_steps=1", *overrides])

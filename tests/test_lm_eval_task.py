@@ -16,7 +16,8 @@ from dartlm.eval.evaluate import EvalSettings, evaluate
 from dartlm.eval.lm_eval_task import PromptNotExpressibleError, write_lm_eval_task
 from dartlm.model.adapters import ST_TOKEN
 from dartlm.model.export import PromptSpec
-from dartlm.training.run import export_run, train
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 
 def exported(method, tmp_path, train_file, steps=30):

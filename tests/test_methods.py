@@ -12,12 +12,12 @@ from test_dart_objective import EXAMPLES
 from dartlm.config import Config, load_config
 from dartlm.data.layout import ANSWER, REASONING
 from dartlm.methods import METHODS, get_method
-from dartlm.model.prepare import prepare_model
+from dartlm.training.prepare import prepare_model
 
 
 def prepared(name: str, tokenizer, *, lora: bool = True):
     config = Config()
-    config.method.name = name
+    config.set("method.name", name)
     config.method.num_thought_tokens = 3
     config.lora.enabled = lora
     config.lora.rank = config.rem.rank = 4
@@ -43,7 +43,7 @@ def changed_after_one_step(model, method, batch) -> set[str]:
 def test_one_step_changes_exactly_what_the_method_trains(name, tokenizer):
     model, method, batch, _, _ = prepared(name, tokenizer)
     if name in ("coconut", "icot"):
-        method.set_progress(1.0 * method.config.coconut_epochs_per_stage, 0)  # Coconut stage 1; iCoT removes tokens
+            method.set_progress(3.0, 0)  # Coconut stage 1 (3 epochs per stage); iCoT removes 3 x 8 tokens
     changed = changed_after_one_step(model, method, batch)
     lora = {n for n, _ in model.named_parameters() if "lora_" in n}
     rem = {n for n, _ in model.named_parameters() if ".rem" in n}

@@ -12,8 +12,9 @@ import yaml
 
 from dartlm.config import load_config
 from dartlm.generate import generate_answers, load_exported
-from dartlm.model.card import CARD_FILE, base_model_id
-from dartlm.training.run import export_run, train
+from dartlm.exports.card import CARD_FILE, base_model_id
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 QUESTIONS = ["Tom has 12 apples and buys 30 more. He doubles them. How many apples?", "What is 3 + 4?"]
 
@@ -96,7 +97,7 @@ def test_export_refuses_a_results_file_that_is_not_an_eval_summary(tmp_path, cap
 def test_the_snippet_starts_with_bos_where_the_tokenizer_puts_one(tokenizer):
     from tokenizers.processors import TemplateProcessing
 
-    from dartlm.model.card import snippet
+    from dartlm.exports.card import snippet
     from dartlm.model.export import PromptSpec
 
     spec = PromptSpec(method="dart", num_thought_tokens=2, thought_token="<st>", separator="Answer:")

@@ -14,7 +14,8 @@ from dartlm.config import load_config  # noqa: E402
 from dartlm.engines.onnx import load_onnx  # noqa: E402
 from dartlm.generate import decode_prompts, load_exported, prompt_ids  # noqa: E402
 from dartlm.model.export import ExportError  # noqa: E402
-from dartlm.training.run import export_run, train  # noqa: E402
+from dartlm.exports.run import export_run  # noqa: E402
+from dartlm.training.run import train  # noqa: E402
 
 from conftest import write_arithmetic_file  # noqa: E402
 

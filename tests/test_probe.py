@@ -12,8 +12,9 @@ from conftest import write_arithmetic_file
 from dartlm.config import load_config
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.generate import generate, load_exported, prompt_ids
-from dartlm.probe import ProbeData, collect_states, fit_probe, intermediate_results, logit_lens
-from dartlm.training.run import export_run, train
+from dartlm.experiments.probe import ProbeData, collect_states, fit_probe, intermediate_results, logit_lens
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 QUESTIONS = ["Tom has 12 apples and buys 30 more. He doubles them. How many apples?", "What is 3 + 4?",
              "Ann has 7 pens.", "A shop sells 12 pens a day for 7 days, then 3 more days. How many pens?"]
@@ -130,7 +131,7 @@ def test_items_of_the_right_kind_only(tmp_path):
 
 
 def test_the_gold_token_is_the_answers_first_non_blank_token(tokenizer):
-    from dartlm.probe import first_content_token
+    from dartlm.experiments.probe import first_content_token
 
     ids = tokenizer(" 84", add_special_tokens=False)["input_ids"]
     token = first_content_token(ids, tokenizer)

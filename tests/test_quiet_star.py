@@ -19,7 +19,8 @@ from dartlm.methods import get_method
 from dartlm.methods.quiet_star import policy_rewards, reinforce_loss
 from dartlm.model.export import PROMPT_FILE, QUIET_HEAD_FILE
 from dartlm.thinking.quiet import END, START, QuietHead, mixed_logits, think_in_parallel, thought_mask
-from dartlm.training.run import export_run, train
+from dartlm.exports.run import export_run
+from dartlm.training.run import train
 
 QUESTIONS = ["Tom has 12 apples and buys 30 more. He doubles them. How many apples?", "What is 3 + 4?"]
 

@@ -38,7 +38,7 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from dartlm.training.run import export_run
+    from dartlm.exports.run import export_run
 
     results = [_read_eval_summary(Path(path)) for path in args.results or ()]
     export_run(Path(args.run_dir), Path(args.out_dir), checkpoint=args.checkpoint, force=args.force,
@@ -73,7 +73,7 @@ def _lm_eval_task(args) -> int:
 
 
 def _probe(args) -> int:
-    from dartlm.probe import run_probe
+    from dartlm.experiments.probe import run_probe
 
     layers = None if args.layers == "all" else int_list(args.layers, "--layers")
     result = run_probe(Path(args.model_dir), Path(args.data), Path(args.output),
@@ -149,7 +149,7 @@ def _bench_config(args):
 
 
 def _bench(args) -> int:
-    from dartlm import bench
+    from dartlm.experiments import bench
     from dartlm.data.example import Example
     from dartlm.data.sources import load_examples
     from dartlm.eval.benchmarks import load_benchmark
@@ -174,76 +174,48 @@ def _bench(args) -> int:
 
 
 def _demo(args) -> int:
-    import dataclasses
+    from dartlm.experiments.demo import run_demo
 
-    from dartlm.demo import DemoSettings, run_demo
-
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
-    changes = {k: v for k, v in (("task_steps", args.task_steps), ("max_value", args.max_value),
-                                 ("operations", args.operations), ("train_steps", args.train_steps),
-                                 ("seed", args.seed), ("pretrain_steps", args.pretrain_steps),
-                                 ("distill_weight", args.distill_weight)) if v is not None}
-    if args.methods:
-        changes["methods"] = tuple(args.methods.split(","))
-    if args.pretrain_steps and args.base_steps is None:
-        changes["base_steps"] = 0  # a base trained on the task's text replaces the general arithmetic base
-    settings = regime_settings(dataclasses.replace(settings, **changes), args)
-    run_demo(settings, Path(args.output_dir), eval_split=args.eval_split)
+    run_demo(_experiment_settings(args), Path(args.output_dir), eval_split=args.eval_split)
     return 0
 
 
-def regime_settings(settings, args):
-    """The demo settings with the regime options of the command line (base, LoRA targets, depth, lr) applied."""
-    import dataclasses
+def _experiment_settings(args):
+    """The experiment settings of the command's flags and `--set` assignments (dartlm.experiments.settings)."""
+    from dartlm.experiments.settings import settings_from_options
 
-    changes = {k: v for k, v in (("base_steps", args.base_steps), ("lora_targets", args.lora_targets),
-                                 ("layers", args.layers), ("lr", args.lr), ("batch_size", args.batch_size),
-                                 ("base_model", getattr(args, "base_model", None))) if v is not None}
-    if changes.get("base_model") and args.base_steps is None:
-        changes["base_steps"] = 0  # a given pretrained model replaces the general arithmetic base
-    from dartlm.demo import apply_settings
-
-    return apply_settings(dataclasses.replace(settings, **changes), args.set or ())
+    return settings_from_options(vars(args), args.set or (), quick=args.quick)
 
 
 def _base(args) -> int:
-    from dartlm.demo import DemoSettings, base_spec
+    from dartlm.experiments.settings import base_spec
     from dartlm.model.base_lm import ensure_base
 
-    settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
-    print(f"base model: {ensure_base(base_spec(settings), rebuild=args.rebuild, shipped=args.shipped)}")
+    print(f"base model: {ensure_base(base_spec(_experiment_settings(args)), rebuild=args.rebuild, shipped=args.shipped)}")
     return 0
 
 
-def _comparison_settings(args):
-    import dataclasses
-
-    from dartlm.demo import DemoSettings
-
-    settings = regime_settings(DemoSettings.quick() if args.quick else DemoSettings(), args)
-    changes = {k: v for k, v in (("train_steps", args.train_steps), ("distill_weight", args.distill_weight),
-                                 ("save_every", args.save_every)) if v is not None}
-    return dataclasses.replace(settings, **changes)
-
-
 def _compare(args) -> int:
-    from dartlm.comparison import resolve_variants, run_comparison
+    from dartlm.experiments.jobs import run_comparison
+    from dartlm.experiments.variants import resolve_variants
 
     variants = resolve_variants(args.variants.split(","))
     seeds = int_list(args.seeds, "--seeds")
-    run_comparison(variants, _comparison_settings(args), seeds, Path(args.output_dir), workers=args.workers,
+    run_comparison(variants, _experiment_settings(args), seeds, Path(args.output_dir), workers=args.workers,
                    latency_items=args.latency_items, split=args.eval_split)
     print(f"results: {Path(args.output_dir) / 'comparison.json'}, .md and .png")
     return 0
 
 
 def _sweep(args) -> int:
-    from dartlm.comparison import plot_sweep, run_comparison, sweep_variants
+    from dartlm.experiments.jobs import run_comparison
+    from dartlm.experiments.report import plot_sweep
+    from dartlm.experiments.variants import sweep_variants
 
     values = int_list(args.values, "--values")
     seeds = int_list(args.seeds, "--seeds")
     out = Path(args.output_dir)
-    summary = run_comparison(sweep_variants(values), _comparison_settings(args), seeds, out, workers=args.workers,
+    summary = run_comparison(sweep_variants(values), _experiment_settings(args), seeds, out, workers=args.workers,
                              latency_items=args.latency_items, split=args.eval_split)
     plot_sweep(summary, out / "sweep.png")
     print(f"results: {out / 'comparison.json'}, .md, and {out / 'sweep.png'}")
@@ -383,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--lr", type=float, help="learning rate of every method")
         sub.add_argument("--batch-size", type=int, help="training examples per step of every method")
         sub.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                         help="any demo setting (dartlm.demo.DemoSettings), e.g. --set base_seed=1 --set "
+                         help="any demo setting (dartlm.experiments.settings.DemoSettings), e.g. --set base_seed=1 --set "
                               "warmup_ratio=0.1; repeatable, applied last")
 
     demo = commands.add_parser("demo", help="DART against No-CoT, CoT and PauseFT on a synthetic task, on a CPU")
@@ -430,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="methods and DART ablations on the demo's synthetic task, "
                                                   "over seeds: one table and one plot")
     compare.add_argument("--variants", default="table1,table3",
-                         help="comma-separated variants or groups (table1, table3, demo); see dartlm.comparison")
+                         help="comma-separated variants or groups (table1, table3, demo); see dartlm.experiments.variants")
     compare.add_argument("--output-dir", default="comparison")
     comparison_options(compare)
     compare.set_defaults(run=_compare)

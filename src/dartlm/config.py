@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from dartlm import registry
+
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -74,33 +76,78 @@ class MethodConfig:
     # A warning (training goes on) when the logged teacher_spread falls below this: the signature of collapse
     # (collapsed runs end at 7e-4 to 8e-3, healthy ones at 0.03 to 0.2; benchmarks/README.md). 0: never.
     collapse_warning_spread: float = 0.01
-    # iCoT (Deng et al. 2024): CoT tokens removed from the left, this many more per epoch; a random extra offset o
-    # with P(o) ~ exp(-smoothing * o) per example (0: none); the whole CoT goes once the schedule reaches
-    # remove_all_after tokens (-1: only when the CoT runs out).
-    icot_tokens_per_epoch: float = 8.0
-    icot_smoothing: float = 4.0
-    icot_remove_all_after: int = -1
-    # Coconut (Hao et al. 2024): stage k replaces the first k CoT steps with k * thoughts_per_step continuous
-    # thoughts; one stage every epochs_per_stage epochs; the last stage (max_stages) drops every language step.
-    coconut_thoughts_per_step: int = 2
-    coconut_max_stages: int = 3
-    coconut_epochs_per_stage: float = 3.0
-    # Quiet-STaR (Zelikman et al. 2024; methods/quiet_star.py). The defaults are its public training script's.
-    quiet_n_ahead: int = 12  # thought length, start and end of thought included: n_ahead - 2 thought tokens
-    quiet_n_talk: int = 4  # true tokens predicted from each thought (teacher-forced after it)
-    quiet_passes: int = 2  # thoughts sampled per position (the sequence repeated); their mean reward is the baseline
-    quiet_policy_weight: float = 1.0e6  # REINFORCE's weight against the NLL
-    quiet_sample_temperature: float = 1.0
-    quiet_reinforce_temperature: float = 3.0  # log pi of a thought token is taken from logits / this
-    quiet_embedding_scale: float = 100.0  # start/end-of-thought embeddings are stored / this (a larger step size)
-    quiet_clamp_negative_reward: bool = True
-    quiet_loss_on: str = "all"  # all: every next token of the text (Quiet-STaR) | answer: the answer only (ours)
-    # Fast Quiet-STaR (Huang et al. 2025): [n_ahead, n_talk] per stage, each an equal share of the training steps.
-    fqs_stages: list[list[int]] = field(default_factory=lambda: [[16, 8], [12, 4], [8, 4]])
-    # Fast Quiet-STaR NTP: the exported thinking teacher, the policy weight, and (ours) a plain NLL term.
-    ntp_teacher: str = ""
-    ntp_policy_weight: float = 1.0e6
-    ntp_nll_weight: float = 0.0
+    # The method's own settings (iCoT's schedule, Quiet-STaR's thoughts, ...): an instance of its class's
+    # `settings` dataclass, written flat beside the fields above in a config file (`method.quiet_n_ahead: 12`).
+    settings: Any = None
+
+    def __post_init__(self):
+        wanted = own_settings_class(self.name)
+        if wanted is not None and not isinstance(self.settings, wanted):
+            self.settings = wanted()
+        elif wanted is None and self.name in registry.registered():
+            self.settings = None
+
+
+@dataclass
+class MethodSettings:
+    """A method's own settings: subclass it as a dataclass, with a comment per field, set it as the method class's
+    `settings`, and check the values in `validate` (errors name `method.<field>`)."""
+
+    def validate(self, where: str) -> None:
+        """Raise ConfigError for a value the method cannot train with."""
+
+
+def own_settings_class(method: str) -> type | None:
+    """The settings dataclass of a registered method, or None (no settings of its own, or no such method)."""
+    cls = registry.method_class(method)
+    return getattr(cls, "settings_class", None) if cls is not None else None
+
+
+COMMON_METHOD_FIELDS = frozenset(f.name for f in dataclasses.fields(MethodConfig)) - {"settings"}
+
+
+def method_from_dict(data: Any, where: str) -> MethodConfig:
+    """The method section: its common fields and the named method's own, each checked as everywhere else.
+
+    A key of another method's settings is an error when it is set to anything but its default; at its default it
+    is ignored (run folders written before the settings were split list every method's fields).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: method: expected a mapping, got {type(data).__name__} {data!r}")
+    name = data.get("name", MethodConfig.name)
+    if not isinstance(name, str) or registry.method_class(name) is None:
+        raise ConfigError(f"{where}: method.name: unknown method {name!r}; available: "
+                          f"{', '.join(registry.registered())}")
+    own = own_settings_class(name)
+    own_fields = {f.name for f in dataclasses.fields(own)} if own else set()
+    common, mine = {}, {}
+    for key, value in data.items():
+        if key in COMMON_METHOD_FIELDS:
+            common[key] = value
+        elif key in own_fields:
+            mine[key] = value
+        else:
+            owner = _owner_of(key)
+            if owner is None:
+                names = ", ".join(sorted(COMMON_METHOD_FIELDS | own_fields))
+                raise ConfigError(f"{where}: unknown key(s) method.{shown(str(key))} (known for method {name}: "
+                                  f"{names})")
+            default = next(f for f in dataclasses.fields(owner[1]) if f.name == key)
+            default = default.default_factory() if default.default is dataclasses.MISSING else default.default
+            if value != default:
+                raise ConfigError(f"{where}: method.{key}: a setting of method {owner[0]}, not of {name}")
+    config = from_dict(MethodConfig, common, where, "method.")
+    config.settings = from_dict(own, mine, where, "method.") if own else None
+    return config
+
+
+def _owner_of(key: str) -> tuple[str, type] | None:
+    """(method name, settings class) of the registered method whose settings have field `key`."""
+    for method, cls in registry.registered().items():
+        own = getattr(cls, "settings_class", None)
+        if own is not None and key in {f.name for f in dataclasses.fields(own)}:
+            return method, own
+    return None
 
 
 @dataclass
@@ -153,10 +200,26 @@ class Config:
         if section is None or not name:
             raise ConfigError(f"{where}: unknown key {key!r} (sections: "
                               f"{', '.join(f.name for f in dataclasses.fields(self))})")
+        if section_name == "method" and name not in COMMON_METHOD_FIELDS:
+            self._set_method_setting(key, name, value, where)
+            return
         hints = typing.get_type_hints(type(section))
         if name not in hints:
             raise ConfigError(f"{where}: unknown key {key!r} (known in {section_name}: {', '.join(hints)})")
         setattr(section, name, coerce_value(hints[name], value, where, key))
+        if key == "method.name":  # another method: its own settings, at their defaults
+            self.method.__post_init__()
+
+    def _set_method_setting(self, key: str, name: str, value, where: str) -> None:
+        own = self.method.settings
+        hints = typing.get_type_hints(type(own)) if own is not None else {}
+        if name not in hints:
+            owner = _owner_of(name)
+            if owner is not None:
+                raise ConfigError(f"{where}: {key}: a setting of method {owner[0]}, not of {self.method.name}")
+            known = ", ".join(sorted(COMMON_METHOD_FIELDS | set(hints)))
+            raise ConfigError(f"{where}: unknown key {key!r} (known for method {self.method.name}: {known})")
+        setattr(own, name, coerce_value(hints[name], value, where, key))
 
     def validate(self, where: str = "config") -> "Config":
         if not self.model.name_or_path and not self.model.architecture:
@@ -185,23 +248,12 @@ class Config:
         if m.distill_grad == "student" and m.name == "dart" and not self.rem.enabled:
             raise ConfigError(f"{where}: method.distill_grad=student routes L_distill into REM, but rem.enabled is "
                               "false")
-        if m.icot_tokens_per_epoch <= 0 or m.icot_smoothing < 0 or m.coconut_epochs_per_stage <= 0:
-            raise ConfigError(f"{where}: method.icot_tokens_per_epoch and method.coconut_epochs_per_stage must be > 0 "
-                              "and method.icot_smoothing >= 0")
-        if m.coconut_thoughts_per_step < 1 or m.coconut_max_stages < 1:
-            raise ConfigError(f"{where}: method.coconut_thoughts_per_step and method.coconut_max_stages must be >= 1")
-        if m.quiet_n_ahead < 2 or m.quiet_n_talk < 1 or m.quiet_passes < 1:
-            raise ConfigError(f"{where}: method.quiet_n_ahead must be >= 2 (start and end of thought), "
-                              "method.quiet_n_talk and method.quiet_passes >= 1")
-        if m.quiet_loss_on not in ("all", "answer"):
-            raise ConfigError(f"{where}: method.quiet_loss_on must be all or answer, got {m.quiet_loss_on!r}")
-        if not m.fqs_stages or any(len(s) != 2 or s[0] < 2 or s[1] < 1 for s in m.fqs_stages):
-            raise ConfigError(f"{where}: method.fqs_stages must be a non-empty list of [n_ahead >= 2, n_talk >= 1], "
-                              f"got {m.fqs_stages!r}")
-        from dartlm.methods import METHODS  # late: methods import this module
-
-        if self.method.name not in METHODS:
-            raise ConfigError(f"{where}: method.name: unknown method {self.method.name!r}; available: {', '.join(METHODS)}")
+        cls = registry.method_class(m.name)
+        if cls is None:
+            raise ConfigError(f"{where}: method.name: unknown method {m.name!r}; available: "
+                              f"{', '.join(registry.registered())}")
+        if m.settings is not None:
+            m.settings.validate(where)
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}: model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
         return self
@@ -293,7 +345,13 @@ def read_raw_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     merged = read_raw_config(parent_path, seen + (path.resolve(),))
     for section, values in raw.items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
-            merged[section] = {**merged[section], **values}
+            parent = merged[section]
+            if section == "method" and values.get("name", parent.get("name")) != parent.get("name"):
+                # Another method: of the parent's method-specific settings, only those this one has too carry over.
+                own = own_settings_class(values["name"]) if isinstance(values["name"], str) else None
+                keep = COMMON_METHOD_FIELDS | ({f.name for f in dataclasses.fields(own)} if own else set())
+                parent = {k: v for k, v in parent.items() if k in keep}
+            merged[section] = {**parent, **values}
         else:
             merged[section] = values
     return merged
@@ -342,6 +400,8 @@ def shown(name: str) -> str:
 
 def coerce_value(hint, value, where: str, label: str):
     """Check (and lightly convert: int -> float) one value against its annotation."""
+    if hint is MethodConfig:
+        return method_from_dict(value, where)
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where, label + ".")
     origin = typing.get_origin(hint)
@@ -386,5 +446,10 @@ def _is_number(text: str) -> bool:
 
 
 def to_dict(config) -> dict:
-    """The config as plain data (for writing the resolved config of a run)."""
-    return dataclasses.asdict(config)
+    """The config as plain data (for writing the resolved config of a run): the method's own settings written flat
+    in its section, as a config file has them."""
+    data = dataclasses.asdict(config)
+    method = data.get("method")
+    if isinstance(method, dict):
+        method.update(method.pop("settings") or {})
+    return data

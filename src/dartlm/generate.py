@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, pad_pathways, segment_example
-from dartlm.model.export import ExportError, PromptSpec
+from dartlm.model.export import PromptSpec
 from dartlm.thinking import QuietThinking, thinking_for
+from dartlm.thinking.exported import load_exported  # noqa: F401  (the entry point for answering, re-exported)
+from dartlm.thinking.decoding import greedy_decode_with
 
 
 @dataclass(frozen=True)
@@ -22,35 +21,6 @@ class Generation:
     cot: str = ""  # the reasoning, for a model that writes it
     num_tokens: int = 0  # tokens generated, eos excluded
     thought_tokens: int = 0  # tokens thought and dropped on the way (Quiet-STaR)
-
-
-def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer, prompt spec) of a folder written by `dartlm export`; the model is a stock HF model."""
-    spec = PromptSpec.load(Path(folder))
-    thinking = thinking_for(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    except (OSError, ValueError, KeyError, TypeError) as err:  # config.json or weights missing or garbled
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise ExportError(f"{folder}: cannot load the exported model: {first}") from None
-    hidden = model.get_input_embeddings().weight.shape[1]
-    # Modules of the method's own (CODI's projection, Quiet-STaR's head) are not part of the architecture; they
-    # travel beside it.
-    for attribute, filename in thinking.needed_side_modules(spec).items():
-        module = thinking.build_side_module(attribute, hidden, spec)
-        setattr(model, attribute, _side_module(module, folder, filename, device, dtype))
-    return model, tokenizer, spec
-
-
-def _side_module(module, folder, filename: str, device, dtype):
-    from safetensors.torch import load_file
-
-    path = Path(folder) / filename
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; the model's prompt spec needs it (was the folder copied whole?)")
-    module.load_state_dict(load_file(str(path)))
-    return module.to(device=device, dtype=dtype).eval()
 
 
 def without_thoughts(spec: PromptSpec) -> PromptSpec:
@@ -92,11 +62,9 @@ def decode_prompts(model, tokenizer, spec: PromptSpec, prompts: Sequence[Sequenc
     device = getattr(model, "device", None) or next(model.parameters()).device
     batch = {k: v.to(device) for k, v in left_padded(prompts, tokenizer.pad_token_id).items()}
     if hasattr(model, "runner"):  # an inference engine: dartlm's greedy loop, the engine computing each step
-        from dartlm.engines.onnx import onnx_greedy_decode
-
-        decoded = onnx_greedy_decode(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                                     min_new_tokens=min_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                     pad_token_id=tokenizer.pad_token_id)
+        decoded = greedy_decode_with(model.runner(), batch["input_ids"], batch["attention_mask"],
+                                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     else:
         decoded = thinking_for(spec).decode(model, tokenizer, spec, batch, max_new_tokens=max_new_tokens,
                                             min_new_tokens=min_new_tokens, use_cache=use_cache)

@@ -8,7 +8,7 @@ from dartlm.config import Config
 from dartlm.methods import get_method
 from dartlm.model.adapters import attach_adapters, count_parameters
 from dartlm.model.loading import build_meta_model
-from dartlm.model.prepare import lora_settings, rem_settings
+from dartlm.training.prepare import lora_settings, rem_settings
 
 
 @dataclass(frozen=True)

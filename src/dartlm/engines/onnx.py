@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dartlm import storage
-from dartlm.thinking.decoding import Decoded, Step, greedy_continue, positions_from_mask
+from dartlm.thinking.decoding import Step, positions_from_mask
 from dartlm.model.export import PROMPT_FILE, ExportError, PromptSpec, model_fingerprint, write_manifest
 from dartlm.thinking import thinking_for
 
@@ -79,7 +79,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     from dartlm.generate import left_padded, load_exported, prompt_ids
-    from dartlm.training.run import PROBE_QUESTIONS
+    from dartlm.exports.run import PROBE_QUESTIONS
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     source = model_fingerprint(model_dir)
@@ -214,15 +214,6 @@ class OnnxRunner:
         logits, *self.past = self.engine.session.run(None, feeds)
         self.passes += 1
         return Step(torch.from_numpy(logits), ())
-
-
-def onnx_greedy_decode(engine: OnnxCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                       max_new_tokens: int, eos_token_id: int, pad_token_id: int, min_new_tokens: int = 0) -> Decoded:
-    """dartlm's greedy loop (decoding.greedy_continue) with ONNX Runtime computing every step."""
-    runner = engine.runner()
-    logits = runner.feed_ids(input_ids, attention_mask).logits[:, -1]
-    return greedy_continue(runner, logits, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                           pad_token_id=pad_token_id, min_new_tokens=min_new_tokens)
 
 
 def load_onnx(folder: Path):

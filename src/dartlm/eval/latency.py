@@ -8,16 +8,39 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any, Callable
 
 from dartlm.eval.measure import machine_info, stopwatch, summarize
 
 
+def time_interleaved(labels: list[str], count: int, prepare: Callable[[str, int], Callable[[], Any]], *,
+                     warmup: int = 3, device: str = "cpu", progress: Callable = lambda it: it
+                     ) -> tuple[dict[str, list[float]], dict[str, list[Any]]]:
+    """The one interleaved timer: for each item index, every label in an order that rotates from one index to the
+    next (no label always runs first, warm, or last), `prepare(label, index)` untimed and the step it returns timed.
+    The first index runs `warmup` extra times per label first (allocator, kernels, caches), untimed.
+
+    Returns ({label: [ms per index]}, {label: [what each step returned]}).
+    """
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    outputs: dict[str, list[Any]] = {label: [] for label in labels}
+    for index in progress(range(count)):
+        order = labels[index % len(labels):] + labels[: index % len(labels)]
+        for label in order:
+            step = prepare(label, index)
+            for _ in range(warmup if index == 0 else 0):
+                step()
+            with stopwatch(device) as watch:
+                output = step()
+            times[label].append(watch["ms"])
+            outputs[label].append(output)
+    return times, outputs
+
+
 def interleaved_latency(models: dict[str, Path], questions: list[str], *, warmup: int = 3, threads: int = 2,
                         log=print) -> dict:
-    """{"machine", "n", "variants": {label: latency_ms summary, forward_passes, new_tokens, thought_tokens}}.
-
-    The order of the models rotates from one question to the next, so no model always runs first or last.
-    """
+    """{"machine", "n", "variants": {label: latency_ms summary, forward_passes, new_tokens, thought_tokens}}:
+    exported models timed at batch size 1 on the same questions, interleaved (time_interleaved)."""
     import torch
 
     from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
@@ -25,30 +48,26 @@ def interleaved_latency(models: dict[str, Path], questions: list[str], *, warmup
     torch.set_num_threads(threads)
     loaded = {label: load_exported(folder) for label, folder in models.items()}
     labels = list(models)
-    times: dict[str, list[float]] = {label: [] for label in labels}
-    passes: dict[str, list[int]] = {label: [] for label in labels}
-    tokens: dict[str, list[int]] = {label: [] for label in labels}
-    thoughts: dict[str, list[int]] = {label: [] for label in labels}
     log(f"latency: {len(questions)} questions x {len(labels)} models, batch size 1, interleaved")
-    for index, question in enumerate(questions):
-        order = labels[index % len(labels):] + labels[: index % len(labels)]
-        for label in order:
-            model, tokenizer, spec = loaded[label]
-            prompt = prompt_ids([question], tokenizer, spec)
-            for _ in range(warmup + 1 if index == 0 else 1):
-                with stopwatch("cpu") as watch:
-                    generations, count = decode_prompts(model, tokenizer, spec, prompt,
-                                                        max_new_tokens=default_max_new_tokens(spec))
-            times[label].append(watch["ms"])
-            passes[label].append(count)
-            tokens[label].append(generations[0].num_tokens)
+
+    def prepare(label: str, index: int):
+        model, tokenizer, spec = loaded[label]
+        prompt = prompt_ids([questions[index]], tokenizer, spec)
+        return lambda: (decode_prompts(model, tokenizer, spec, prompt, max_new_tokens=default_max_new_tokens(spec)),
+                        spec)
+
+    times, outputs = time_interleaved(labels, len(questions), prepare, warmup=warmup)
+    summary = {}
+    for label in labels:
+        runs = [(generations[0], count, spec) for (generations, count), spec in outputs[label]]
+        summary[label] = {
+            "latency_ms": summarize(times[label]),
+            "forward_passes": statistics.fmean(count for _, count, _ in runs),
+            "new_tokens": statistics.fmean(g.num_tokens for g, _, _ in runs),
             # tokens in the model's context that are not the answer: <st>/<pause> tokens, continuous thoughts,
             # and Quiet-STaR's thoughts (every one, though each is dropped after its token)
-            thoughts[label].append(generations[0].thought_tokens or spec.num_thought_tokens)
-    return {"machine": machine_info("cpu"), "n": len(questions), "variants": {
-        label: {"latency_ms": summarize(times[label]), "forward_passes": statistics.fmean(passes[label]),
-                "new_tokens": statistics.fmean(tokens[label]), "thought_tokens": statistics.fmean(thoughts[label])}
-        for label in labels}}
+            "thought_tokens": statistics.fmean(g.thought_tokens or spec.num_thought_tokens for g, _, spec in runs)}
+    return {"machine": machine_info("cpu"), "n": len(questions), "variants": summary}
 
 
 def not_timed(labels: list[str]) -> dict:

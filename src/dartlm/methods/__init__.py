@@ -1,4 +1,4 @@
-"""Every method, listed in one mapping: name -> class."""
+"""Every built-in method, registered by name (dartlm.registry) when this package is imported."""
 
 from __future__ import annotations
 
@@ -10,33 +10,11 @@ from dartlm.methods.dart import DartMethod
 from dartlm.methods.icot import IcotMethod
 from dartlm.methods.quiet_star import FastQuietStarMethod, FqsNtpMethod, QuietStarMethod
 from dartlm.methods.sft import CotMethod, NoCotMethod, PauseMethod
+from dartlm.registry import METHODS, register_method
 
-METHODS: dict[str, type[Method]] = {
-    "dart": DartMethod,
-    "cot": CotMethod,
-    "nocot": NoCotMethod,
-    "pause": PauseMethod,
-    "icot": IcotMethod,
-    "coconut": CoconutMethod,
-    "codi": CodiMethod,
-    "quiet-star": QuietStarMethod,
-    "fast-quiet-star": FastQuietStarMethod,
-    "fqs-ntp": FqsNtpMethod,
-}
-
-
-def register_method(cls: type[Method], *, replace: bool = False) -> type[Method]:
-    """Make a method class available by its `name`, to configs and every command (usable as a class decorator).
-
-    A method that decodes like an existing one ("answer" or "cot") needs nothing else: training, export, the model
-    card (its `title` and `description`), evaluation and generation all go through the Method interface.
-    """
-    if not cls.name:
-        raise ValueError(f"{cls.__name__}: a method needs a name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls and not replace:
-        raise ValueError(f"a method named {cls.name!r} is already registered ({METHODS[cls.name].__name__})")
-    METHODS[cls.name] = cls
-    return cls
+for _cls in (DartMethod, CotMethod, NoCotMethod, PauseMethod, IcotMethod, CoconutMethod, CodiMethod, QuietStarMethod,
+             FastQuietStarMethod, FqsNtpMethod):
+    register_method(_cls)
 
 
 def get_method(config: MethodConfig) -> Method:
@@ -45,3 +23,6 @@ def get_method(config: MethodConfig) -> Method:
     except KeyError:
         raise ConfigError(f"method.name: unknown method {config.name!r}; available: {', '.join(METHODS)}") from None
     return cls(config)
+
+
+__all__ = ["METHODS", "Method", "get_method", "register_method"]

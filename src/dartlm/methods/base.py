@@ -31,16 +31,34 @@ class Method:
     # separator, then the answer; "latent", "quiet"). It owns the prompt, the decoding and the card's snippet.
     decode: str = AnswerThinking.name
 
+    # The method's own settings: a `dartlm.config.MethodSettings` dataclass whose fields a config file sets under
+    # `method:` beside the common ones (None: the method has none). The values: `self.settings`.
+    settings_class: type | None = None
+
     # A curriculum (iCoT, Coconut) changes the layout as training advances; the trainer tells the method where it
     # is (`set_progress`) and resets the optimizer whenever `schedule_key` changes.
     curriculum: bool = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
+        wanted = type(self).settings_class
+        if wanted is not None and not isinstance(config.settings, wanted):
+            raise TypeError(f"method {self.name}: config.settings is {type(config.settings).__name__}, expected "
+                            f"{wanted.__name__} (build MethodConfig with name={self.name!r})")
         self.format = PromptFormat(separator=config.separator)
         self.epoch = 0.0  # training progress in epochs (curriculum methods)
         self.step = 0
         self.total_steps = 0  # of the whole run (0: unknown, outside training)
+
+    @property
+    def settings(self):
+        """This method's own settings (an instance of `settings_class`), as the config gave them."""
+        return self.config.settings
+
+    def card_lines(self, config) -> list[str]:
+        """What the model card says about this method's settings, beyond C and the separator (`config`: the whole
+        run config)."""
+        return []
 
     @property
     def num_thoughts(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dartlm.config import ConfigError, MethodSettings
 from dartlm.data.layout import ANSWER, PROMPT, REASONING, Pathway, Segments, segment_example, step_ids
 from dartlm.thinking.latent import BOT_TOKEN, EOT_TOKEN, LatentThinking, latent_batch, run_latent_pathway
 from dartlm.losses import masked_mean, token_cross_entropy
@@ -76,6 +77,22 @@ class LatentMethod(Method):
                           latent_markers=(BOT_TOKEN, EOT_TOKEN), projection=self.projection)
 
 
+@dataclass
+class CoconutSettings(MethodSettings):
+    # Stage k replaces the first k CoT steps with k * thoughts_per_step continuous thoughts; one stage every
+    # epochs_per_stage epochs; the last stage (max_stages) drops every language step.
+    coconut_thoughts_per_step: int = 2
+    coconut_max_stages: int = 3
+    coconut_epochs_per_stage: float = 3.0
+
+    def validate(self, where: str) -> None:
+        if not self.coconut_epochs_per_stage > 0:
+            raise ConfigError(f"{where}: method.coconut_epochs_per_stage must be > 0, got "
+                              f"{self.coconut_epochs_per_stage}")
+        if self.coconut_thoughts_per_step < 1 or self.coconut_max_stages < 1:
+            raise ConfigError(f"{where}: method.coconut_thoughts_per_step and method.coconut_max_stages must be >= 1")
+
+
 class CoconutMethod(LatentMethod):
 
     title = "Coconut"
@@ -84,6 +101,7 @@ class CoconutMethod(LatentMethod):
         "input a fixed number of times, then reads `<eot>` and the separator and answers."
     )
     name = "coconut"
+    settings_class = CoconutSettings
     curriculum = True
 
     def length(self, features):
@@ -91,16 +109,16 @@ class CoconutMethod(LatentMethod):
         return len(latent_prefix(features)) + self.inference_thoughts() + len(latent_suffix(features, features.steps))
 
     def stage(self, epoch: float) -> int:
-        return min(int(epoch // self.config.coconut_epochs_per_stage), self.config.coconut_max_stages)
+        return min(int(epoch // self.settings.coconut_epochs_per_stage), self.settings.coconut_max_stages)
 
     def schedule_key(self, epoch, step=None):
         return self.stage(epoch)
 
     def inference_thoughts(self) -> int:
-        return self.config.coconut_max_stages * self.config.coconut_thoughts_per_step
+        return self.settings.coconut_max_stages * self.settings.coconut_thoughts_per_step
 
     def batch(self, inputs, device, stage: int):
-        final = stage >= self.config.coconut_max_stages
+        final = stage >= self.settings.coconut_max_stages
         suffixes = [latent_suffix(f, () if final else f.steps[stage:]) for f in inputs["features"]]
         prefixes = [latent_prefix(f) for f in inputs["features"]]
         return latent_batch(prefixes, suffixes, inputs["pad_token_id"], device)
@@ -108,7 +126,7 @@ class CoconutMethod(LatentMethod):
     def loss(self, model, batch, backward=None, *, use_cache: bool = True):
         stage = self.stage(self.epoch)
         tensors = self.batch(batch, next(model.parameters()).device, stage)
-        thoughts = stage * self.config.coconut_thoughts_per_step
+        thoughts = stage * self.settings.coconut_thoughts_per_step
         out = run_latent_pathway(model, tensors, thoughts, use_cache=use_cache)
         suffix = tensors["suffix"]
         per_token = token_cross_entropy(out.logits, suffix["input_ids"])  # (B, S-1)

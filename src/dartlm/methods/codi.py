@@ -15,7 +15,7 @@ from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_
                            teacher_spread)
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
-from dartlm.methods.dart import DartLoss, DartLossSettings
+from dartlm.methods.dart import DartLoss, DartLossSettings, distillation_line
 from dartlm.thinking.latent import PROJECTION_ATTRIBUTE, latent_batch, run_latent_pathway, thought_projection
 
 
@@ -36,7 +36,10 @@ class CodiMethod(LatentMethod):
 
     def __init__(self, config):
         super().__init__(config)
-        self.settings = DartLossSettings.from_config(config)
+        self.loss_settings = DartLossSettings.from_config(config)
+
+    def card_lines(self, config):
+        return [distillation_line(config.method)]
 
     def student_parameters(self, model):
         """The thought projection: the only weights that the teacher (plain CoT) never runs."""
@@ -73,9 +76,9 @@ class CodiMethod(LatentMethod):
         loss_student = answer_loss(student.logits, suffix["input_ids"], suffix["roles"])
         h_student = gather_masked(student.hidden_states, distill_positions(suffix["roles"], suffix["anchor"], "z_n"))
         loss_distill = distill_loss(h_teacher, h_student, detach_teacher=True)
-        distill_term = self.settings.distill_term(loss_distill, self.progress, lambda: self.student_parameters(model))
+        distill_term = self.loss_settings.distill_term(loss_distill, self.progress, lambda: self.student_parameters(model))
         total = loss_teacher + loss_student + distill_term
         terms = DartLoss(total, loss_teacher.detach(), loss_student.detach(), loss_distill.detach(),
-                         teacher_spread(h_teacher), self.settings.logged_weight(self.progress))
+                         teacher_spread(h_teacher), self.loss_settings.logged_weight(self.progress))
         return total, terms.logs()
 

@@ -106,6 +106,12 @@ def dart_loss(model: nn.Module, batch: dict[str, dict[str, torch.Tensor]], setti
                     settings.logged_weight(progress))
 
 
+def distillation_line(m) -> str:
+    """The model card's line on L_distill (DART, CODI)."""
+    return (f"- distillation weight λ = {m.distill_weight:g} at `{m.distill_at}`, gradient into `{m.distill_grad}`, "
+            f"start {m.distill_start:g}, ramp {m.distill_ramp:g}")
+
+
 class DartMethod(Method):
     """Both pathways, REM on the ST pathway, hidden-state distillation at z_N."""
 
@@ -124,7 +130,13 @@ class DartMethod(Method):
 
     def __init__(self, config):
         super().__init__(config)
-        self.settings = DartLossSettings.from_config(config)
+        self.loss_settings = DartLossSettings.from_config(config)
+
+    def card_lines(self, config):
+        lines = [distillation_line(config.method)]
+        if config.rem.enabled:
+            lines.append(f"- REM d = {config.rem.rank}, α = {config.rem.alpha:g}, placement `{config.rem.placement}`")
+        return lines
 
     def layout(self, segments, thought_id):
         return DartFeatures(
@@ -142,5 +154,5 @@ class DartMethod(Method):
         return rem_parameters(model)
 
     def loss(self, model, batch, backward=None):
-        out = dart_loss(model, batch, self.settings, backward, progress=self.progress)
+        out = dart_loss(model, batch, self.loss_settings, backward, progress=self.progress)
         return out.total, out.logs()

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from dartlm.config import ConfigError, MethodSettings
 from dartlm.data.layout import build_pathway, pad_pathways, segment_example
 from dartlm.losses import cot_pathway_loss
 from dartlm.methods.base import Method, forward
+
+
+@dataclass
+class IcotSettings(MethodSettings):
+    # CoT tokens removed from the left, this many more per epoch; a random extra offset o with
+    # P(o) ~ exp(-smoothing * o) per example (0: none); the whole CoT goes once the schedule reaches
+    # remove_all_after tokens (-1: only when the CoT runs out).
+    icot_tokens_per_epoch: float = 8.0
+    icot_smoothing: float = 4.0
+    icot_remove_all_after: int = -1
+
+    def validate(self, where: str) -> None:
+        if not self.icot_tokens_per_epoch > 0 or not self.icot_smoothing >= 0:
+            raise ConfigError(f"{where}: method.icot_tokens_per_epoch must be > 0 and method.icot_smoothing >= 0, "
+                              f"got {self.icot_tokens_per_epoch} and {self.icot_smoothing}")
 
 
 class IcotMethod(Method):
@@ -25,6 +41,7 @@ class IcotMethod(Method):
         "schedule): it answers right after the question and the separator."
     )
     name = "icot"
+    settings_class = IcotSettings
     curriculum = True
 
     def encode(self, example, tokenizer, thought_id):
@@ -41,8 +58,8 @@ class IcotMethod(Method):
 
     def scheduled(self, epoch: float) -> int:
         """CoT tokens removed from every example at `epoch` (before the random offset); -1 means all of them."""
-        count = math.floor(self.config.icot_tokens_per_epoch * epoch + 1e-9)
-        threshold = self.config.icot_remove_all_after
+        count = math.floor(self.settings.icot_tokens_per_epoch * epoch + 1e-9)
+        threshold = self.settings.icot_remove_all_after
         return -1 if 0 <= threshold <= count else count
 
     def schedule_key(self, epoch, step=None):
@@ -53,8 +70,8 @@ class IcotMethod(Method):
         count = self.scheduled(self.epoch)
         if count < 0:
             return cot_length
-        if self.config.icot_smoothing > 0:
-            count += sample_offset(self.config.icot_smoothing, cot_length, rng)
+        if self.settings.icot_smoothing > 0:
+            count += sample_offset(self.settings.icot_smoothing, cot_length, rng)
         return min(count, cot_length)
 
     def batch(self, inputs, device):

@@ -7,7 +7,7 @@ count: every token of the text (`all`, Quiet-STaR's LM loss over free text, the 
 (`answer`, the positions No-CoT trains on; ours).
 
 Quiet-STaR. Each sequence is repeated `quiet_passes` times; every position whose next token counts samples a
-thought (quiet.py, all of them in parallel; the others' thoughts would enter no loss), and the mixing head predicts the next `quiet_n_talk` true tokens from the base and
+thought (thinking/quiet.py, all of them in parallel; the others' thoughts would enter no loss), and the mixing head predicts the next `quiet_n_talk` true tokens from the base and
 post-thought states. Loss = NLL + policy_weight * REINFORCE:
   NLL    = 0.5 * NLL(base prediction of the next token) + 0.5 * mean over talk tokens of NLL(mixed prediction)
   reward = sum over the talk tokens of (NLL_base - NLL_mixed), detached, minus its mean over the passes of the same
@@ -31,12 +31,13 @@ plain NLL of the true token (the source computes it but does not train on it). I
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dartlm.config import ConfigError
+from dartlm.config import ConfigError, MethodSettings
 from dartlm.data.layout import ANSWER, PAD_ROLE, build_pathway, pad_pathways
 from dartlm.thinking.decoding import positions_from_mask
 from dartlm.losses import masked_mean
@@ -101,6 +102,55 @@ class LeftPadded(Method):
         return pad_pathways(features, pad_token_id, left=True)
 
 
+@dataclass
+class QuietSettings(MethodSettings):
+    # The defaults are Quiet-STaR's public training script's.
+    quiet_n_ahead: int = 12  # thought length, start and end of thought included: n_ahead - 2 thought tokens
+    quiet_n_talk: int = 4  # true tokens predicted from each thought (teacher-forced after it)
+    quiet_passes: int = 2  # thoughts sampled per position (the sequence repeated); their mean reward is the baseline
+    quiet_policy_weight: float = 1.0e6  # REINFORCE's weight against the NLL
+    quiet_sample_temperature: float = 1.0
+    quiet_reinforce_temperature: float = 3.0  # log pi of a thought token is taken from logits / this
+    quiet_embedding_scale: float = 100.0  # start/end-of-thought embeddings are stored / this (a larger step size)
+    quiet_clamp_negative_reward: bool = True
+    quiet_loss_on: str = "all"  # all: every next token of the text (Quiet-STaR) | answer: the answer only (ours)
+
+    def validate(self, where: str) -> None:
+        if self.quiet_n_ahead < 2 or self.quiet_n_talk < 1 or self.quiet_passes < 1:
+            raise ConfigError(f"{where}: method.quiet_n_ahead must be >= 2 (start and end of thought), "
+                              "method.quiet_n_talk and method.quiet_passes >= 1")
+        check_loss_on(self.quiet_loss_on, where)
+
+
+@dataclass
+class FastQuietSettings(QuietSettings):
+    # [n_ahead, n_talk] per stage, each an equal share of the training steps (Fast Quiet-STaR, Huang et al. 2025).
+    fqs_stages: list[list[int]] = field(default_factory=lambda: [[16, 8], [12, 4], [8, 4]])
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if not self.fqs_stages or any(len(s) != 2 or s[0] < 2 or s[1] < 1 for s in self.fqs_stages):
+            raise ConfigError(f"{where}: method.fqs_stages must be a non-empty list of [n_ahead >= 2, n_talk >= 1], "
+                              f"got {self.fqs_stages!r}")
+
+
+@dataclass
+class NtpSettings(MethodSettings):
+    ntp_teacher: str = ""  # the exported thinking teacher (a quiet-star or fast-quiet-star model folder)
+    ntp_policy_weight: float = 1.0e6
+    ntp_nll_weight: float = 0.0  # ours: a plain NLL term beside the policy loss
+    quiet_reinforce_temperature: float = 3.0
+    quiet_loss_on: str = "all"
+
+    def validate(self, where: str) -> None:
+        check_loss_on(self.quiet_loss_on, where)
+
+
+def check_loss_on(value: str, where: str) -> None:
+    if value not in ("all", "answer"):
+        raise ConfigError(f"{where}: method.quiet_loss_on must be all or answer, got {value!r}")
+
+
 class QuietStarMethod(LeftPadded):
 
     title = "Quiet-STaR"
@@ -112,23 +162,33 @@ class QuietStarMethod(LeftPadded):
         "the following true tokens."
     )
     name = "quiet-star"
+    settings_class = QuietSettings
     decode = QuietThinking.name
 
     def extend_model(self, model, tokenizer=None):
         hidden = model.get_input_embeddings().weight.shape[1]
         init = meta_init_embedding(model, tokenizer) if tokenizer is not None else None
-        head = QuietHead(hidden, init, self.config.quiet_embedding_scale)
+        head = QuietHead(hidden, init, self.settings.quiet_embedding_scale)
         model.add_module(HEAD_ATTRIBUTE, head.to(next(model.parameters()).device))  # trains, saved with adapters
+
+    def card_lines(self, config):
+        s = self.settings
+        return [f"- {self.shape_text()}, {s.quiet_passes} passes, policy weight {s.quiet_policy_weight:g}, loss on "
+                f"`{s.quiet_loss_on}`"]
+
+    def shape_text(self) -> str:
+        return (f"thoughts of {self.settings.quiet_n_ahead} (start and end included), {self.settings.quiet_n_talk} "
+                "talk tokens")
 
     def thought_shape(self) -> tuple[int, int]:
         """(n_ahead, n_talk) now."""
-        return self.config.quiet_n_ahead, self.config.quiet_n_talk
+        return self.settings.quiet_n_ahead, self.settings.quiet_n_talk
 
     def inference_n_ahead(self) -> int:
-        return self.config.quiet_n_ahead
+        return self.settings.quiet_n_ahead
 
     def loss(self, model, batch, backward=None):
-        c = self.config
+        c = self.settings
         n_ahead, n_talk = self.thought_shape()
         passes = c.quiet_passes
         ids, mask, roles = (batch[k].repeat_interleave(passes, dim=0) for k in ("input_ids", "attention_mask", "roles"))
@@ -181,10 +241,14 @@ class FastQuietStarMethod(QuietStarMethod):
         "`quiet_head.safetensors`."
     )
     name = "fast-quiet-star"
+    settings_class = FastQuietSettings
     curriculum = True
 
+    def shape_text(self) -> str:
+        return f"stages (n_ahead, n_talk) {', '.join(map(str, map(tuple, self.settings.fqs_stages)))}"
+
     def stage_at(self, step: int) -> int:
-        stages = len(self.config.fqs_stages)
+        stages = len(self.settings.fqs_stages)
         if not self.total_steps:
             return stages - 1  # outside training: the last stage
         return min(int(step * stages // self.total_steps), stages - 1)
@@ -193,11 +257,11 @@ class FastQuietStarMethod(QuietStarMethod):
         return self.stage_at(self.step if step is None else step)
 
     def thought_shape(self):
-        n_ahead, n_talk = self.config.fqs_stages[self.stage_at(self.step)]
+        n_ahead, n_talk = self.settings.fqs_stages[self.stage_at(self.step)]
         return n_ahead, n_talk
 
     def inference_n_ahead(self):
-        return self.config.fqs_stages[-1][0]
+        return self.settings.fqs_stages[-1][0]
 
 
 class FqsNtpMethod(LeftPadded):
@@ -209,20 +273,26 @@ class FqsNtpMethod(LeftPadded):
         "separator, with no thought tokens."
     )
     name = "fqs-ntp"
+    settings_class = NtpSettings
 
     def __init__(self, config):
         super().__init__(config)
-        if not config.ntp_teacher:
+        if not self.settings.ntp_teacher:
             raise ConfigError("method.ntp_teacher: fqs-ntp learns from an exported quiet-star or fast-quiet-star "
                               "model; give its folder")
         self._teacher = None
 
+    def card_lines(self, config):
+        s = self.settings
+        return [f"- teacher `{Path(s.ntp_teacher).name}`, policy weight {s.ntp_policy_weight:g}, NLL weight "
+                f"{s.ntp_nll_weight:g}"]
+
     def teacher(self, device):
         """The frozen thinking teacher (loaded on first use): (model, its thought length)."""
         if self._teacher is None:
-            from dartlm.generate import load_exported
+            from dartlm.thinking.exported import load_exported
 
-            folder = Path(self.config.ntp_teacher)
+            folder = Path(self.settings.ntp_teacher)
             model, _, spec = load_exported(folder, device=str(device))
             if not isinstance(thinking_for(spec), QuietThinking):
                 raise ValueError(f"{folder}: method.ntp_teacher must be an exported quiet-star or fast-quiet-star "
@@ -232,7 +302,7 @@ class FqsNtpMethod(LeftPadded):
         return self._teacher
 
     def loss(self, model, batch, backward=None):
-        c = self.config
+        c = self.settings
         teacher, n_ahead = self.teacher(next(model.parameters()).device)
         # positions from the mask, as decoding counts them (the batch is left-padded)
         logits = forward(model, batch, position_ids=positions_from_mask(batch["attention_mask"])).logits

@@ -132,7 +132,14 @@ def greedy_continue(runner: SequenceRunner, logits: torch.Tensor, *, max_new_tok
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
                   eos_token_id: int, pad_token_id: int, min_new_tokens: int = 0, use_cache: bool = True) -> Decoded:
     """Greedy continuation of left-padded prompts (B, T) until eos or max_new_tokens."""
-    runner = SequenceRunner(model, use_cache=use_cache)
+    return greedy_decode_with(SequenceRunner(model, use_cache=use_cache), input_ids, attention_mask,
+                              max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                              min_new_tokens=min_new_tokens)
+
+
+def greedy_decode_with(runner, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                       eos_token_id: int, pad_token_id: int, min_new_tokens: int = 0) -> Decoded:
+    """greedy_decode through any runner with SequenceRunner's `feed_ids` (e.g. an inference engine's)."""
     logits = runner.feed_ids(input_ids, attention_mask.to(input_ids.device)).logits[:, -1]
     return greedy_continue(runner, logits, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                            pad_token_id=pad_token_id, min_new_tokens=min_new_tokens)

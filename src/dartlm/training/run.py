@@ -12,7 +12,6 @@ A run folder holds:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from contextlib import ExitStack
@@ -25,31 +24,23 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
 from dartlm import __version__, storage
-from dartlm.config import Config, ConfigError, from_dict, to_dict
+from dartlm.config import Config, ConfigError, to_dict
 from dartlm.data.readers import DataError
 from dartlm.data.sources import load_examples
 from dartlm.methods import get_method
 from dartlm.methods.base import Method
 from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
-from dartlm.model.prepare import prepare_model
+from dartlm.training.prepare import prepare_model
 from dartlm.storage import OutputLock, remove_tree
+from dartlm.training.folder import RUN_FILE, RunError, RunFolder
 from dartlm.training.sharding import check_sharding
 from dartlm.training.trainer import (
-    TRAINABLE_WEIGHTS,
     JsonlLogCallback,
     MethodTrainer,
     last_complete_checkpoint,
-    load_trainable_state,
 )
 
 log = logging.getLogger(__name__)
-
-RUN_FILE = "dartlm_run.json"
-
-
-class RunError(RuntimeError):
-    """The run folder is missing, not a dartlm run, or would be overwritten."""
-
 
 class FeatureDataset(Dataset):
     def __init__(self, features: list):
@@ -276,124 +267,15 @@ def _training_relevant(config: Config) -> dict:
 
 
 def load_run_config(run_dir: Path) -> Config:
-    if not (run_dir / RUN_FILE).is_file():
-        raise RunError(f"{run_dir}: not a dartlm run folder (no {RUN_FILE})")
-    path = run_dir / "config.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise RunError(f"{path}: cannot read the run's config: {str(err).splitlines()[0]}") from None
-    return from_dict(Config, raw, str(path)).validate(str(path))
+    """The resolved config a run was trained with."""
+    return RunFolder(run_dir).config
 
 
 def load_trained(run_dir: Path, checkpoint: str | None = None, dtype: str | None = None) -> PreparedRun:
     """Rebuild a run's model and load its final weights (or a given checkpoint's), optionally in another dtype."""
-    config = load_run_config(run_dir)
-    if dtype:
-        config.model.dtype = dtype
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-    run = build_model(config, run_dir, tokenizer)
-    source = Path(checkpoint) if checkpoint else run_dir
-    weights = source / TRAINABLE_WEIGHTS
-    if not weights.is_file():
-        last = last_complete_checkpoint(str(run_dir)) if not checkpoint else None
-        if last is None:
-            raise RunError(f"{source}: no {TRAINABLE_WEIGHTS}; has the run saved anything yet?")
-        weights = Path(last) / TRAINABLE_WEIGHTS
-        log.warning("%s: the run has not finished; using %s", run_dir, last)
-    load_trainable_state(run.model, str(weights))
-    run.model.eval()
-    return run
-
-
-PROBE_QUESTIONS = (
-    "Tom has 3 apples and buys 5 more. How many apples does he have?",
-    "What is 12 times 7?",
-    "A train travels 60 miles per hour for 2 hours and then 45 miles per hour for 3 hours. How far does it go?",
-)
-
-
-def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, force: bool = False,
-               tolerance: float | None = None, results: list[dict] | None = None, dtype: str | None = None,
-               log=print):
-    """Merge a trained run into a plain HF folder (checked in float64, saved in `dtype`, by default the run's), with
-    its model card (README.md; `results`: `dartlm eval` summaries to put in it).
-
-    The folder is written whole under a temporary name, its manifest (every file's sha256) last, and then takes
-    out_dir's place by rename: a kill at any point leaves the old export or the new one, never a mixture.
-    """
-    from dartlm.generate import left_padded, prompt_ids
-    from dartlm.model.export import DEFAULT_TOLERANCE, export_model, write_manifest
-    from dartlm.thinking import side_module_files
-
-    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    with OutputLock(out_dir, "export folder"):
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
-            raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
-        save_dtype = DTYPES[dtype or load_run_config(run_dir).model.dtype]
-        run = load_trained(run_dir, checkpoint, dtype="float32")
-        spec = run.method.prompt_spec()
-        probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
-        # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.
-        files = side_module_files()
-        side = {name: getattr(run.model, name) for name in files if hasattr(run.model, name)}
-        for name in side:
-            delattr(run.model, name)
-        staged = storage.staging_folder(out_dir)
-        try:
-            check = export_model(run.model, run.tokenizer, spec, probe, staged, tolerance=tolerance,
-                                 dtype=save_dtype, log=log)
-            for name, module in side.items():
-                state = {k: v.detach().to(save_dtype).contiguous().cpu() for k, v in module.state_dict().items()}
-                storage.save_safetensors(state, staged / files[name])
-            write_run_card(run_dir, staged, check=check, results=results)
-            write_manifest(staged, source=str(run_dir.resolve()), checkpoint=checkpoint)
-            storage.replace_folder(staged, out_dir)
-        finally:
-            remove_tree(staged)
-    return check
-
-
-def write_run_card(run_dir: Path, out_dir: Path, *, check=None, results: list[dict] | None = None) -> Path:
-    """(Re)write the model card of a folder exported from run_dir, e.g. once it has been evaluated."""
-    from dartlm.model.card import write_model_card
-    from dartlm.model.export import PromptSpec
-
-    config = load_run_config(run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    method = get_method(config.method)
-    return write_model_card(out_dir, PromptSpec.load(out_dir), tokenizer, config, check=check, results=results,
-                            terms=final_terms(run_dir), question=example_question(config),
-                            about=(method.title or method.name, method.description))
-
-
-def example_question(config: Config) -> str:
-    """The first training question when the training file is at hand (the card's snippet asks it), else a probe."""
-    path = Path(config.data.train_path)
-    if path.is_file():
-        try:
-            examples = load_examples(str(path), format=config.data.format, skip_invalid=True)
-            if examples:
-                return examples[0].question
-        except (DataError, OSError, ValueError):
-            pass
-    return PROBE_QUESTIONS[0]
+    return RunFolder(run_dir).load_trained(checkpoint, dtype)
 
 
 def final_terms(run_dir: Path) -> dict[str, float]:
-    """The last logged value of each loss term of a run (loss, DART's/CODI's terms with teacher_spread, Quiet-STaR's
-    and FQS-NTP's terms)."""
-    last: dict[str, float] = {}
-    log_path = run_dir / "log.jsonl"
-    if log_path.is_file():
-        for number, line in enumerate(log_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s:%d: not a log record (cut by a kill?); skipped", log_path, number)
-                continue
-            if not isinstance(record, dict):
-                continue
-            last.update({k: v for k, v in record.items()
-                         if k in ("loss", "improvement", "mix_weight", "rewarded") or k.startswith(("loss_", "teacher_"))})
-    return last
+    """The last logged value of each loss term of a run."""
+    return RunFolder(run_dir).final_terms()

@@ -23,13 +23,14 @@ import torch
 from dartlm.config import Config, MethodConfig, to_dict
 from dartlm.data.example import Example
 from dartlm.data.layout import PromptFormat, segment_example
-from dartlm.eval.measure import PeakMemory, count_flops, machine_info, stopwatch, summarize
+from dartlm.eval.latency import time_interleaved
+from dartlm.eval.measure import PeakMemory, count_flops, machine_info, summarize
 from dartlm.generate import decode_prompts, prompt_ids
 from dartlm.methods import get_method
 from dartlm.model.adapters import PAUSE_TOKEN, ST_TOKEN, add_special_token, attach_adapters, ensure_pad_token
 from dartlm.model.export import PromptSpec, merge_adapters
 from dartlm.model.loading import load_base_model, load_tokenizer
-from dartlm.model.prepare import lora_settings, rem_settings
+from dartlm.training.prepare import lora_settings, rem_settings
 from dartlm.thinking import thinking_for
 
 
@@ -101,24 +102,19 @@ def bench_inference(config: Config, examples: list[Example], *, num_thoughts: in
     tokenizer, variants = inference_variants(config, num_thoughts)
     for v in variants:
         v.model.to(device)
-    times: dict[str, list[float]] = {v.name: [] for v in variants}
-    prompt_tokens: dict[str, list[int]] = {v.name: [] for v in variants}
-    new_tokens: dict[str, list[int]] = {v.name: [] for v in variants}
-    for index, example in enumerate(tqdm(examples, desc="bench inference", disable=not progress)):
-        lengths = pinned_lengths(example, tokenizer, config.method.separator)
-        # Rotate the order per question so that no variant always runs first (warm) or last.
-        order = variants[index % len(variants):] + variants[: index % len(variants)]
-        for v in order:
-            (prompt,) = prompt_ids([example.question], v.tokenizer, v.spec)
-            length = pinned_length(lengths, v.spec)
-            repeats = warmup + 1 if index == 0 else 1
-            for _ in range(repeats):  # the first question warms every variant up
-                with stopwatch(device) as watch:
-                    generations, _ = decode_prompts(v.model, v.tokenizer, v.spec, [prompt], max_new_tokens=length,
-                                                    min_new_tokens=length)
-            times[v.name].append(watch["ms"])
-            prompt_tokens[v.name].append(len(prompt))
-            new_tokens[v.name].append(generations[0].num_tokens)
+    by_name = {v.name: v for v in variants}
+
+    def prepare(name: str, index: int):
+        v, example = by_name[name], examples[index]
+        (prompt,) = prompt_ids([example.question], v.tokenizer, v.spec)
+        length = pinned_length(pinned_lengths(example, tokenizer, config.method.separator), v.spec)
+        return lambda: (len(prompt), decode_prompts(v.model, v.tokenizer, v.spec, [prompt], max_new_tokens=length,
+                                                    min_new_tokens=length)[0][0].num_tokens)
+
+    times, outputs = time_interleaved(list(by_name), len(examples), prepare, warmup=warmup, device=device,
+                                      progress=lambda it: tqdm(it, desc="bench inference", disable=not progress))
+    prompt_tokens = {name: [p for p, _ in runs] for name, runs in outputs.items()}
+    new_tokens = {name: [n for _, n in runs] for name, runs in outputs.items()}
     summary = {
         name: {"latency_ms": summarize(ms), "prompt_tokens": statistics.fmean(prompt_tokens[name]),
                "new_tokens": statistics.fmean(new_tokens[name])}
@@ -185,7 +181,7 @@ def _training_setup(config: Config, method_name: str, examples: list[Example], b
     base = load_base_model(config.model)
     if hasattr(base, "set_attn_implementation"):
         base.set_attn_implementation("eager")  # so that FlopCounterMode sees the attention matmuls
-    from dartlm.model.prepare import prepare_model
+    from dartlm.training.prepare import prepare_model
 
     model, thought_id = prepare_model(base, tokenizer, config, method)
     model.to(device).train()
@@ -217,16 +213,11 @@ def bench_training(config: Config, examples: list[Example], *, methods=("dart", 
 
     setups = {name: _training_setup(config, name, examples, batch_size, device) for name in methods}
     flops = {name: count_flops(lambda s=s: _train_step(*s)) for name, s in setups.items()}
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for step in tqdm(range(warmup + steps), desc="bench training", disable=not progress):
-        order = list(methods[step % len(methods):]) + list(methods[: step % len(methods)])
-        for name in order:
-            with stopwatch(device) as watch:
-                _train_step(*setups[name])
-            if step >= warmup:
-                times[name].append(watch["ms"])
+    times, _ = time_interleaved(list(methods), steps, lambda name, _: lambda s=setups[name]: _train_step(*s),
+                                warmup=warmup, device=device,
+                                progress=lambda it: tqdm(it, desc="bench training", disable=not progress))
     tokens = {name: int(sum(_count_tokens(s[2]))) for name, s in setups.items()}
-    del setups
+    setups.clear()  # free the models before the memory subprocesses
     result = {
         name: {"step_ms": summarize(times[name]), "flops_per_step": flops[name], "tokens_per_step": tokens[name]}
         for name in methods
@@ -274,7 +265,7 @@ def _memory_in_subprocess(config: Config, method: str, examples: list[Example], 
         "config": to_dict(config), "method": method, "batch_size": batch_size, "device": device,
         "examples": [[e.question, list(e.steps), e.answer] for e in examples[:batch_size]],
     })
-    result = subprocess.run([sys.executable, "-m", "dartlm.bench"], input=payload, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "dartlm.experiments.bench"], input=payload, capture_output=True, text=True,
                             check=False)
     if result.returncode != 0:
         raise RuntimeError(f"memory measurement of {method} failed:\n{result.stderr[-2000:]}")

@@ -86,28 +86,16 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
-def settings_lines(config, terms: dict[str, float]) -> list[str]:
+def settings_lines(config, terms: dict[str, float], method_lines: list[str] = ()) -> list[str]:
+    """The training settings; method_lines: what the method says of its own (Method.card_lines)."""
     m, t = config.method, config.training
     lines = [f"- method `{m.name}`, C = {m.num_thought_tokens}, separator {m.separator!r}"]
-    if m.name in ("dart", "codi"):
-        lines.append(f"- distillation weight λ = {m.distill_weight:g} at `{m.distill_at}`, gradient into "
-                     f"`{m.distill_grad}`, start {m.distill_start:g}, ramp {m.distill_ramp:g}")
-    if m.name in ("quiet-star", "fast-quiet-star"):
-        shape = (f"stages (n_ahead, n_talk) {', '.join(map(str, map(tuple, m.fqs_stages)))}"
-                 if m.name == "fast-quiet-star" else f"thoughts of {m.quiet_n_ahead} (start and end included), "
-                 f"{m.quiet_n_talk} talk tokens")
-        lines.append(f"- {shape}, {m.quiet_passes} passes, policy weight {m.quiet_policy_weight:g}, loss on "
-                     f"`{m.quiet_loss_on}`")
-    if m.name == "fqs-ntp":
-        lines.append(f"- teacher `{Path(m.ntp_teacher).name}`, policy weight {m.ntp_policy_weight:g}, NLL weight "
-                     f"{m.ntp_nll_weight:g}")
+    lines += method_lines
     if config.lora.enabled:
         targets = ", ".join(config.lora.target_modules) or "the attention projections"
         lines.append(f"- LoRA r = {config.lora.rank}, α = {config.lora.alpha:g} on {targets}; the base frozen")
     else:
         lines.append("- every weight trained (no LoRA)")
-    if m.name == "dart" and config.rem.enabled:
-        lines.append(f"- REM d = {config.rem.rank}, α = {config.rem.alpha:g}, placement `{config.rem.placement}`")
     steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.epochs:g} epochs"
     lines.append(f"- {steps} of {t.batch_size} x {t.grad_accum} examples, lr {t.lr:g} ({t.scheduler}, warm-up "
                  f"{t.warmup_ratio:g}), weight decay {t.weight_decay:g}, seed {t.seed}, {config.model.dtype}")
@@ -119,7 +107,7 @@ def settings_lines(config, terms: dict[str, float]) -> list[str]:
 
 def render_card(spec: PromptSpec, tokenizer, config, *, check=None, results: list[dict] | None = None,
                 terms: dict[str, float] | None = None, question: str = "What is 3 + 4?",
-                about: tuple[str, str] | None = None) -> str:
+                about: tuple[str, str] | None = None, method_lines: list[str] = ()) -> str:
     """The card's markdown. about: (title, description) of the method, which the method itself provides
     (Method.title, Method.description); without it, the method's name."""
     from dartlm import __version__
@@ -142,7 +130,7 @@ def render_card(spec: PromptSpec, tokenizer, config, *, check=None, results: lis
              "## Answer a question with stock transformers", "", "```python", snippet(spec, tokenizer, question),
              "```", "", "Or, with dartlm installed: `dartlm generate . \"QUESTION\"`.", "",
              "## Training", ""]
-    lines += settings_lines(config, terms or {})
+    lines += settings_lines(config, terms or {}, method_lines)
     if check is not None:
         lines += ["", f"The export's merge check: the merged model's logits differ from the adapter model's by "
                       f"{check.difference:.3g} of their scale (float64), against {check.fp32_rounding:.3g} from "

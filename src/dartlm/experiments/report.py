@@ -1,0 +1,148 @@
+"""A comparison's summary over seeds: mean and spread per variant, loss terms, the answers' variety; its markdown
+table and plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+
+
+def answer_variety(scores: Path) -> dict | None:
+    """How many different answers a model gave on the scored split, and the share of its most common one.
+
+    A model that answers a few constants scores what those constants' frequency in the split gives (the split's
+    own `frequency_baseline`: the share of its most common reference answer); this tells the two apart.
+    """
+    if not scores.is_file():
+        return None
+    items = [json.loads(line) for line in scores.read_text(encoding="utf-8").splitlines()]
+    items = [i for i in items if i.get("type") == "item"]
+    if not items:
+        return None
+    predictions = Counter(str(i["strict_prediction"]) for i in items)
+    targets = Counter(str(i["target"]) for i in items)
+    return {"distinct_answers": len(predictions), "top_answer_share": predictions.most_common(1)[0][1] / len(items),
+            "frequency_baseline": targets.most_common(1)[0][1] / len(items)}
+
+
+def summarize_comparison(variants, results, latency, settings, seeds, out_dir: Path | None = None,
+                         split: str = "test") -> dict:
+    rows = {}
+    for v in variants:
+        accs = [100 * r["accuracy"] for r in results[v.label]]
+        variety = [answer_variety(out_dir / f"seed-{s}" / "scores" / f"{v.label}-{split}.jsonl")
+                   for s in seeds] if out_dir else []
+        rows[v.label] = {
+            "method": v.method, "overrides": v.overrides, "paper": v.paper,
+            "accuracy_mean": statistics.fmean(accs),
+            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "accuracy_per_seed": accs,
+            "train_s_mean": statistics.fmean(r["train_s"] for r in results[v.label]),
+            "final_terms_per_seed": [r.get("final_terms", {}) for r in results[v.label]],
+            "answer_variety_per_seed": variety,
+            **latency["variants"][v.label],
+        }
+    return {"settings": asdict(settings), "seeds": seeds, "test_items": results[variants[0].label][0]["n"],
+            "latency_items": latency["n"], "machine": latency["machine"], "variants": rows}
+
+
+TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill"), ("teacher_spread", "teacher_spread"),
+         # Quiet-STaR and FQS-NTP (methods/quiet_star.py)
+         ("loss_nll", "NLL"), ("loss_policy", "policy"), ("improvement", "NLL gain from thoughts"),
+         ("mix_weight", "mixing weight"), ("teacher_nll", "teacher NLL"), ("rewarded", "rewarded share"))
+
+
+def comparison_table(summary: dict) -> str:
+    split = {"test": "test", "val": "validation"}[summary.get("split", "test")]
+    lines = [
+        f"Synthetic task, {summary['test_items']} {split} problems, seeds {', '.join(map(str, summary['seeds']))}; "
+        f"latency: median of {summary['latency_items']} questions at batch size 1, interleaved (seed "
+        f"{summary['seeds'][0]}'s models).",
+        "",
+        "| variant | paper | accuracy % (mean ± std) | per seed | ms/sample | forward passes | tokens generated | "
+        "thought tokens |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in summary["variants"].items():
+        seeds = " / ".join(f"{a:.1f}" for a in row["accuracy_per_seed"])
+        timed = [row["latency_ms"]["median"], row["forward_passes"], row["new_tokens"], row.get("thought_tokens")]
+        cells = " | ".join("not timed" if x is None else f"{x:.1f}" for x in timed)
+        lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
+                     f"{cells} |")
+    logged = {k for row in summary["variants"].values() for r in row.get("final_terms_per_seed") or [] for k in r}
+    terms = [(k, name) for k, name in TERMS if k in logged] or list(TERMS[:4])
+    lines += ["", "Loss terms logged last in training, and the answers given (mean over seeds; – where there are none). "
+              "distinct answers: how many different answers the model gave; top answer: the share of its most common "
+              "one (a model that answers a few constants has few distinct answers and a large top share).", "",
+              "| variant | loss | " + " | ".join(name for _, name in terms) + " | distinct answers | top answer % |",
+              "|---|---|" + "---|" * len(terms) + "---|---|"]
+    for label, row in summary["variants"].items():
+        runs = row.get("final_terms_per_seed") or [{}]
+        cells = []
+        for key in ("loss",) + tuple(k for k, _ in terms):
+            values = [r[key] for r in runs if key in r]
+            cells.append(f"{statistics.fmean(values):.4g}" if values else "–")
+        variety = [v for v in row.get("answer_variety_per_seed") or [] if v]
+        cells.append(f"{statistics.fmean(v['distinct_answers'] for v in variety):.1f}" if variety else "–")
+        cells.append(f"{100 * statistics.fmean(v['top_answer_share'] for v in variety):.1f}" if variety else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    baselines = [v["frequency_baseline"] for row in summary["variants"].values()
+                 for v in row.get("answer_variety_per_seed") or [] if v]
+    if baselines:
+        lines += ["", f"Frequency baseline (always answering the split's most common answer): "
+                      f"{100 * statistics.fmean(baselines):.1f}% (mean over seeds)."]
+    return "\n".join(lines)
+
+
+def plot_comparison(summary: dict, path: Path) -> None:
+    """Accuracy (mean ± std over seeds) against median latency, one point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for index, (label, row) in enumerate(summary["variants"].items()):
+        x, y = row["latency_ms"]["median"], row["accuracy_mean"]
+        if x is None:  # not timed: no place on a latency axis
+            continue
+        ax.errorbar(x, y, yerr=row["accuracy_std"], fmt="o" if row["method"] != "dart" else "s",
+                    color=f"C{index % 10}", capsize=3, label=label)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("median latency per sample (ms, batch size 1, log scale)")
+    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
+    ax.set_title(f"Synthetic task, {len(summary['seeds'])} seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(summary: dict, path: Path) -> None:
+    """The paper's Figure 2: accuracy and latency against C."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(summary["variants"].values(), key=lambda r: r["overrides"]["method.num_thought_tokens"])
+    cs = [r["overrides"]["method.num_thought_tokens"] for r in rows]
+    fig, left = plt.subplots(figsize=(7, 4.5))
+    left.errorbar(cs, [r["accuracy_mean"] for r in rows], yerr=[r["accuracy_std"] for r in rows], fmt="o-",
+                  color="C0", capsize=3)
+    left.set_xlabel("C, the number of ST tokens")
+    left.set_ylabel("test accuracy (%, mean ± std over seeds)", color="C0")
+    right = left.twinx()
+    right.plot(cs, [r["latency_ms"]["median"] for r in rows], "s--", color="C1")
+    right.set_ylabel("median latency per sample (ms)", color="C1")
+    left.set_title("DART: accuracy and latency against C")
+    left.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

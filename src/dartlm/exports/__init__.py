@@ -1,0 +1,1 @@
+"""Exported folders: made from runs (run.py) and described by their model cards (card.py)."""
