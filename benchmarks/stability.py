@@ -59,6 +59,12 @@ SETTINGS = {
     # LoRA on the MLPs too at the current learning rate, fresh problems, a longer warm-up (capacity without a
     # lower lr).
     "all-warm": ["n_train=16000", "warmup_ratio=0.1", "lora_targets=all"],
+    # Longer training at the current learning rate, each example a new problem: the CoT runs that fail stay on a
+    # plateau (train loss 1.5-1.9) that is still falling slowly at step 500 (all-warm, calm-all on base 1); both
+    # bases do single-step arithmetic alike (89.7 % and 89.4 % of "<<a+b=" completed right), so the fine-tuning,
+    # not the base's skill, is what differs.
+    "fresh-long": ["n_train=32000", "train_steps=1000", "warmup_ratio=0.1"],
+    "fresh-long2k": ["n_train=64000", "train_steps=2000", "warmup_ratio=0.1"],
     # A stronger base: three times the pretraining (the base's LM loss still falls at 3,000 steps,
     # results/regime-base-4x128.json), fine-tuned as fresh-warm.
     "strong": ["base_steps=9000", "n_train=16000", "warmup_ratio=0.1"],
