@@ -70,3 +70,21 @@ def test_peak_memory_sees_what_a_phase_allocates_after_a_larger_earlier_peak():
     grown = meter.peak_bytes() - before
     del block
     assert 31 * 2**20 <= grown <= 40 * 2**20
+
+
+def test_bench_command_writes_the_result_and_its_table(tmp_path, capsys):
+    import json
+
+    from dartlm.cli import main
+
+    from conftest import write_arithmetic_file
+
+    data = tmp_path / "questions.txt"
+    write_arithmetic_file(data, count=2, seed=3)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "inference", "--config", "tiny/dart", "--data-path", str(data), "--limit", "2",
+                 "--num-thought-tokens", "2", "--device", "cpu", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 2 and result["num_thought_tokens"] == 2 and result["settings"]["kind"] == "inference"
+    assert result["variants"]["dart (merged)"]["prompt_tokens"] == result["variants"]["nocot"]["prompt_tokens"] + 2
+    assert "dart_vs_nocot" in out.with_suffix(".md").read_text() and "dart_vs_nocot" in capsys.readouterr().out

@@ -138,38 +138,13 @@ def _report(args) -> int:
     return 0
 
 
-def _bench_config(args):
-    from dartlm.config import Config, load_config
-
-    if args.config:
-        return load_config(args.config, args.overrides)
-    config = Config()  # the paper's LoRA and REM sizes
-    config.model.name_or_path = args.model
-    return config.validate("--model")
-
-
 def _bench(args) -> int:
-    from dartlm.experiments import bench
-    from dartlm.data.example import Example
-    from dartlm.data.sources import load_examples
-    from dartlm.eval.benchmarks import load_benchmark
+    from dartlm.experiments.bench import run_bench
 
-    config = _bench_config(args)
-    output = Path(args.output or f"benchmarks/results/bench-{args.kind}.json")
-    if args.kind == "inference":
-        items = load_benchmark(args.benchmark, args.data_path, limit=args.limit)
-        examples = [Example(i.question, i.reference_steps, i.target) for i in items]
-        result = bench.bench_inference(config, examples, num_thoughts=args.num_thought_tokens, device=args.device)
-        table = bench.inference_table(result)
-    else:
-        examples = load_examples(args.data_path, omit_last_step=True)
-        result = bench.bench_training(config, examples, batch_size=args.batch_size, steps=args.steps,
-                                      device=args.device)
-        table = bench.training_table(result)
-    result["settings"] = {k: v for k, v in vars(args).items() if k != "run"}
-    bench.write_result(result, output, table, args.device)
-    print(table)
-    print(f"results: {output} and {output.with_suffix('.md')}")
+    run_bench(args.kind, config=args.config, overrides=args.overrides, model=args.model, benchmark=args.benchmark,
+              data_path=args.data_path, limit=args.limit, num_thoughts=args.num_thought_tokens,
+              batch_size=args.batch_size, steps=args.steps, device=args.device, output=args.output,
+              settings={k: v for k, v in vars(args).items() if k != "run"})
     return 0
 
 

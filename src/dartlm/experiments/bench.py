@@ -314,6 +314,37 @@ def training_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def run_bench(kind: str, *, config: str | None, overrides, model: str | None, benchmark: str, data_path: str,
+              limit: int, num_thoughts: int, batch_size: int, steps: int, device: str, output: str | None,
+              settings: dict) -> dict:
+    """`dartlm bench inference|training`: measure, write <output>.json and .md, print the table."""
+    from dartlm.config import load_config
+    from dartlm.data.sources import load_examples
+    from dartlm.eval.benchmarks import load_benchmark
+
+    if config:
+        run_config = load_config(config, overrides)
+    else:
+        run_config = Config()  # the paper's LoRA and REM sizes
+        run_config.model.name_or_path = model
+        run_config.validate("--model")
+    out = Path(output or f"benchmarks/results/bench-{kind}.json")
+    if kind == "inference":
+        items = load_benchmark(benchmark, data_path, limit=limit)
+        examples = [Example(i.question, i.reference_steps, i.target) for i in items]
+        result = bench_inference(run_config, examples, num_thoughts=num_thoughts, device=device)
+        table = inference_table(result)
+    else:
+        examples = load_examples(data_path, omit_last_step=True)
+        result = bench_training(run_config, examples, batch_size=batch_size, steps=steps, device=device)
+        table = training_table(result)
+    result["settings"] = settings
+    write_result(result, out, table, device)
+    print(table)
+    print(f"results: {out} and {out.with_suffix('.md')}")
+    return result
+
+
 def write_result(result: dict, output: Path, table: str, device: str) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     result = {**result, "machine": machine_info(device)}
