@@ -23,6 +23,7 @@ from dartlm.model.loading import DTYPES
 from dartlm.storage import OutputLock, remove_tree
 from dartlm.thinking import side_module_files
 from dartlm.training.folder import RunError, RunFolder
+from dartlm.training.prepare import load_trained
 
 PROBE_QUESTIONS = (
     "Tom has 3 apples and buys 5 more. How many apples does he have?",
@@ -46,7 +47,7 @@ def export_run(run_dir: Path, out_dir: Path, *, checkpoint: str | None = None, f
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
             raise RunError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
         save_dtype = DTYPES[dtype or folder.config.model.dtype]
-        run = folder.load_trained(checkpoint, dtype="float32")
+        run = load_trained(folder, checkpoint, dtype="float32")
         spec = run.method.prompt_spec()
         probe = left_padded(prompt_ids(PROBE_QUESTIONS, run.tokenizer, spec), run.tokenizer.pad_token_id)
         # CODI's projection and Quiet-STaR's head are not part of the architecture: saved on their own, beside it.

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from functools import cached_property
@@ -61,32 +60,6 @@ class RunFolder:
     @cached_property
     def tokenizer(self):
         return AutoTokenizer.from_pretrained(self.path / "tokenizer")
-
-    def load_trained(self, checkpoint: str | None = None, dtype: str | None = None):
-        """The run's model rebuilt with its final weights (or a given checkpoint's), optionally in another dtype:
-        a PreparedRun (config, model, tokenizer, method)."""
-        from dartlm.training.run import build_model
-        from dartlm.training.trainer import (
-            TRAINABLE_WEIGHTS,
-            last_complete_checkpoint,
-            load_trainable_state,
-        )
-
-        config = copy.deepcopy(self.config)
-        if dtype:
-            config.model.dtype = dtype
-        run = build_model(config, self.path, copy.deepcopy(self.tokenizer))
-        source = Path(checkpoint) if checkpoint else self.path
-        weights = source / TRAINABLE_WEIGHTS
-        if not weights.is_file():
-            last = last_complete_checkpoint(str(self.path)) if not checkpoint else None
-            if last is None:
-                raise RunError(f"{source}: no {TRAINABLE_WEIGHTS}; has the run saved anything yet?")
-            weights = Path(last) / TRAINABLE_WEIGHTS
-            log.warning("%s: the run has not finished; using %s", self.path, last)
-        load_trainable_state(run.model, str(weights))
-        run.model.eval()
-        return run
 
     def log_records(self) -> list[dict]:
         """Every record of the training log; a line cut by a kill is skipped with a warning."""

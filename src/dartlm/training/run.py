@@ -15,22 +15,20 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from torch.utils.data import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 from dartlm import __version__, storage
 from dartlm.config import Config, ConfigError, to_dict
 from dartlm.data.readers import DataError
 from dartlm.data.sources import load_examples
-from dartlm.methods import get_method
 from dartlm.methods.base import Method
-from dartlm.model.loading import DTYPES, load_base_model, load_tokenizer
-from dartlm.training.prepare import prepare_model
+from dartlm.training.prepare import PreparedRun, build_model, is_main_process
+from dartlm.training.prepare import load_trained as load_folder
 from dartlm.storage import OutputLock, remove_tree
 from dartlm.training.folder import RUN_FILE, RunError, RunFolder
 from dartlm.training.sharding import check_sharding
@@ -115,51 +113,6 @@ def training_arguments(config: Config, run_dir: Path, method: Method) -> Trainin
     )
 
 
-@dataclass
-class PreparedRun:
-    model: torch.nn.Module
-    tokenizer: object
-    method: Method
-    thought_id: int | None
-
-
-def build_model(config: Config, run_dir: Path, tokenizer=None, *, fresh: bool = False) -> PreparedRun:
-    """The trainable model of a run: base weights, then the method's token, LoRA and REM.
-
-    A random-initialised base is drawn from the seed when the run starts (`fresh`, identical on every rank) and
-    saved to run_dir/base, because a resumed or exported run must find the very same weights.
-    """
-    method = get_method(config.method)
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    base_dir = run_dir / "base"
-    if config.model.name_or_path:
-        base = load_base_model(config.model)
-    elif fresh:
-        base = load_base_model(config.model)
-        if _is_main_process():
-            _save_atomically(base, base_dir)
-    elif base_dir.is_dir():
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[config.model.dtype])
-    else:
-        raise RunError(f"{run_dir}: the run's random-initialised base weights (base/) are missing")
-    model, thought_id = prepare_model(base, tokenizer, config, method)
-    return PreparedRun(model, tokenizer, method, thought_id)
-
-
-def _save_atomically(model, folder: Path) -> None:
-    """Write to a temporary sibling, then rename: a reader never sees half a folder."""
-    staging = storage.staging_folder(folder)
-    try:
-        model.save_pretrained(staging)
-        storage.replace_folder(staging, folder)
-    finally:
-        remove_tree(staging)
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def check_run_dir(run_dir: Path, config: Config, resume: bool, overwrite: bool) -> None:
     """Never train over finished work by accident, and never continue a run under another config."""
     if resume:
@@ -172,7 +125,7 @@ def check_run_dir(run_dir: Path, config: Config, resume: bool, overwrite: bool) 
         return
     # Rank 0 alone judges: the other ranks may look after rank 0 has started writing. If rank 0 refuses, the
     # launcher stops them all.
-    if _is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+    if is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise RunError(f"{run_dir}: the run folder is not empty; pass --resume to continue it or --overwrite")
 
 
@@ -196,14 +149,14 @@ def train(config: Config, run_dir: Path, *, resume: bool | str = False, overwrit
         skip_invalid=config.data.skip_invalid, numeric_answers=config.data.numeric_answers,
     )
     with ExitStack() as held:
-        if _is_main_process():
+        if is_main_process():
             held.enter_context(OutputLock(run_dir, "run folder"))
         check_run_dir(run_dir, config, bool(resume), overwrite)
         return _train(config, run_dir, examples, resume, overwrite)
 
 
 def _train(config: Config, run_dir: Path, examples, resume: bool | str, overwrite: bool) -> MethodTrainer:
-    if overwrite and not resume and _is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()):
+    if overwrite and not resume and is_main_process() and run_dir.is_dir() and any(run_dir.iterdir()):
         remove_tree(run_dir)
     set_seed(config.training.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +165,7 @@ def _train(config: Config, run_dir: Path, examples, resume: bool | str, overwrit
         run = build_model(config, run_dir, tokenizer)
     else:
         run = build_model(config, run_dir, fresh=True)
-        if _is_main_process():
+        if is_main_process():
             write_run_files(config, run, run_dir)
     features = encode_examples(examples, run.tokenizer, run.method, run.thought_id, config.data.max_length,
                                config.data.drop_long)
@@ -273,7 +226,7 @@ def load_run_config(run_dir: Path) -> Config:
 
 def load_trained(run_dir: Path, checkpoint: str | None = None, dtype: str | None = None) -> PreparedRun:
     """Rebuild a run's model and load its final weights (or a given checkpoint's), optionally in another dtype."""
-    return RunFolder(run_dir).load_trained(checkpoint, dtype)
+    return load_folder(RunFolder(run_dir), checkpoint, dtype)
 
 
 def final_terms(run_dir: Path) -> dict[str, float]:
