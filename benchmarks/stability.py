@@ -68,6 +68,11 @@ SETTINGS = {
     # 20,000 problems (the task's space allows no more, see calm-long), seen 1.6 and 3.2 times.
     "fresh-long": ["n_train=20000", "train_steps=1000", "warmup_ratio=0.1"],
     "fresh-long2k": ["n_train=20000", "train_steps=2000", "warmup_ratio=0.1"],
+    # The whole chain written (ours; the paper drops the last CoT step from training, CODI's rule). On base 1 the
+    # failing CoT models write the two written steps right and miss the answer, which needs the dropped third step
+    # computed in the answer's pass (all-warm, seed 0: "<<9-3=6>> <<6+8=14>> Answer: 1", reference 9).
+    "whole-chain": ["omit_last_step=false"],
+    "whole-chain-fresh": ["omit_last_step=false", "n_train=16000", "warmup_ratio=0.1"],
     # A stronger base: three times the pretraining (the base's LM loss still falls at 3,000 steps,
     # results/regime-base-4x128.json), fine-tuned as fresh-warm.
     "strong": ["base_steps=9000", "n_train=16000", "warmup_ratio=0.1"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,22 @@ def test_a_killed_comparison_run_resumes_from_its_checkpoint(tmp_path, capsys):
     assert "1 runs to do" in capsys.readouterr().out
     again = json.loads((out / "seed-0" / "results" / "nocot.json").read_text())
     assert again["accuracy"] == first["accuracy"] and again["final_terms"] == first["final_terms"]
+
+
+def test_a_setting_added_later_keeps_earlier_fingerprints_at_its_old_value():
+    from dataclasses import asdict, replace
+
+    from dartlm.experiments.jobs import UNTRACKED_SETTINGS, job_fingerprint
+    from dartlm.experiments.settings import DemoSettings, method_config
+    from dartlm.experiments.variants import VARIANTS
+    from dartlm.storage import digest
+
+    settings, variant = DemoSettings(), VARIANTS["cot"]
+    # what a job written before omit_last_step existed recorded
+    before = {k: v for k, v in asdict(settings).items() if k not in UNTRACKED_SETTINGS and k != "omit_last_step"}
+    old = digest({"settings": before, "variant": asdict(variant), "split": "val", "data": "d", "base": "b"})
+    assert job_fingerprint(settings, variant, "val", "d", "b") == old
+    whole_chain = replace(settings, omit_last_step=False)
+    assert job_fingerprint(whole_chain, variant, "val", "d", "b") != old
+    config = method_config(whole_chain, "cot", Path("data"), Path("run"), Path("base"), 10)
+    assert config.data.omit_last_step is False

@@ -55,6 +55,10 @@ class DemoSettings:
     lr: float = 1e-2
     warmup_ratio: float = 0.03  # share of the steps over which the learning rate rises linearly from 0
     num_thought_tokens: int = 8
+    # True: the final CoT step is dropped from training examples (CODI's rule, used by the paper): a CoT model
+    # writes all but the last step and computes that one in the pass that writes the answer. False (ours): the
+    # whole chain is written, and the answer is copied from its last step.
+    omit_last_step: bool = True
     rem_rank: int = 32
     rem_alpha: float = 8.0  # alpha / d = 0.25, the paper's ratio (32 / 128)
     distill_weight: float = 20.0
@@ -161,6 +165,7 @@ def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: 
     config.method.distill_grad = settings.distill_grad
     config.method.distill_start, config.method.distill_ramp = settings.distill_start, settings.distill_ramp
     config.data.train_path = str(data_dir / "train.txt")
+    config.data.omit_last_step = settings.omit_last_step
     config.data.max_length = 512
     t = config.training
     t.output_dir, t.max_steps, t.batch_size, t.lr = str(run_dir), steps, settings.batch_size, settings.lr
