@@ -77,7 +77,7 @@ class MethodConfig:
     # (collapsed runs end at 7e-4 to 8e-3, healthy ones at 0.03 to 0.2; benchmarks/README.md). 0: never.
     collapse_warning_spread: float = 0.01
     # The method's own settings (iCoT's schedule, Quiet-STaR's thoughts, ...): an instance of its class's
-    # `settings` dataclass, written flat beside the fields above in a config file (`method.quiet_n_ahead: 12`).
+    # `settings_class`, written flat beside the fields above in a config file (`method.quiet_n_ahead: 12`).
     settings: Any = None
 
     def __post_init__(self):
@@ -91,7 +91,7 @@ class MethodConfig:
 @dataclass
 class MethodSettings:
     """A method's own settings: subclass it as a dataclass, with a comment per field, set it as the method class's
-    `settings`, and check the values in `validate` (errors name `method.<field>`)."""
+    `settings_class`, and check the values in `validate` (errors name `method.<field>`)."""
 
     def validate(self, where: str) -> None:
         """Raise ConfigError for a value the method cannot train with."""
