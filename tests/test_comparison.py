@@ -22,6 +22,8 @@ def test_variant_groups_cover_the_papers_tables():
     assert all(label in VARIANTS for group in GROUPS.values() for label in group)
     assert [v.label for v in resolve_variants(["demo", "dart", "codi"])] == ["nocot", "cot", "pause", "dart", "codi"]
     assert all(VARIANTS[label].paper.startswith("ours") for label in GROUPS["guards"][2:])
+    weights = {label: VARIANTS[label].overrides.get("method.distill_weight") for label in GROUPS["lambda"][2:]}
+    assert weights == {"dart": None, "dart-lambda5": 5.0, "dart-lambda1": 1.0}  # dart: the settings' lambda (20)
     with pytest.raises(ValueError, match="unknown variant 'dartt'"):
         resolve_variants(["dartt"])
 

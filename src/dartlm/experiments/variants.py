@@ -35,6 +35,9 @@ VARIANTS = {v.label: v for v in (
     Variant("dart-no-rem", "dart", {"rem.enabled": False}, paper="Table 3: w/o REM"),
     Variant("dart-lora-rem", "dart", {"rem.placement": "output"}, paper="Table 3: w/ LoRA-REM"),
     Variant("dart-no-distill", "dart", {"method.distill_weight": 0.0}, paper="Table 3: w/o L_distill"),
+    # Ours: smaller distillation weights than the paper's Llama setting (20); CODI distils GPT-2 with weight 1.
+    Variant("dart-lambda1", "dart", {"method.distill_weight": 1.0}, paper="ours: lambda = 1 (CODI's weight)"),
+    Variant("dart-lambda5", "dart", {"method.distill_weight": 5.0}, paper="ours: lambda = 5"),
     Variant("dart-distill-y1", "dart", {"method.distill_at": "y_1"}, paper="Table 3: L_distill on y_1"),
     Variant("dart-distill-zn-answer", "dart", {"method.distill_at": "z_n_and_answer"},
             paper="Table 3: L_distill on [z_N; Y]"),
@@ -72,6 +75,7 @@ GROUPS = {
     "guards": ["dart", "dart-no-distill", "dart-student", "dart-delayed", "dart-student-delayed"],
     "regime": ["nocot", "cot", "pause", "dart", "dart-no-distill", "codi"],
     "quiet": ["quiet-star", "fast-quiet-star", "fqs-ntp", "fqs-ntp-nll"],
+    "lambda": ["nocot", "pause", "dart", "dart-lambda5", "dart-lambda1"],
 }
 
 
