@@ -404,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     from dartlm.config import ConfigError
     from dartlm.data.readers import DataError
     from dartlm.eval.evaluate import ResumeMismatchError
-    from dartlm.thinking import PromptNotExpressibleError
     from dartlm.model.base_lm import ShippedBaseError
     from dartlm.model.export import ExportError, MergeMismatchError
     from dartlm.model.offline import OfflineModelError
     from dartlm.model.rem import UnsupportedArchitectureError
     from dartlm.storage import LockedError
+    from dartlm.thinking import PromptNotExpressibleError
     from dartlm.training.run import RunError
     from dartlm.training.trainer import NonFiniteLossError
 

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
 from dartlm.data.example import Example
 from dartlm.data.layout import PROMPT, Pathway, PromptFormat, pad_pathways, segment_example
 from dartlm.model.export import PromptSpec
 from dartlm.thinking import QuietThinking, thinking_for
-from dartlm.thinking.exported import load_exported  # noqa: F401  (the entry point for answering, re-exported)
 from dartlm.thinking.decoding import greedy_decode_with
+from dartlm.thinking.exported import load_exported  # noqa: F401  (the entry point for answering, re-exported)
 
 
 @dataclass(frozen=True)

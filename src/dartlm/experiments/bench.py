@@ -30,8 +30,8 @@ from dartlm.methods import get_method
 from dartlm.model.adapters import PAUSE_TOKEN, ST_TOKEN, add_special_token, attach_adapters, ensure_pad_token
 from dartlm.model.export import PromptSpec, merge_adapters
 from dartlm.model.loading import load_base_model, load_tokenizer
-from dartlm.training.prepare import lora_settings, rem_settings
 from dartlm.thinking import thinking_for
+from dartlm.training.prepare import lora_settings, rem_settings
 
 
 @dataclass

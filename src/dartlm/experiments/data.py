@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 from dartlm.data.synthetic import SyntheticTask, generate_splits, write_icot
-from dartlm.model.tiny import train_tokenizer
 from dartlm.experiments.settings import DemoSettings
-
+from dartlm.model.tiny import train_tokenizer
 
 DATA_MANIFEST = "dartlm_data.json"
 # The settings the generated data depend on; a data folder made under others is never reused.

@@ -19,12 +19,11 @@ from dartlm.eval.benchmarks import load_benchmark
 from dartlm.eval.evaluate import EvalSettings, evaluate
 from dartlm.eval.latency import interleaved_latency
 from dartlm.eval.report import markdown_table, plot_accuracy_vs_latency
-from dartlm.storage import OutputLock, write_json, write_text
-from dartlm.exports.run import export_run, write_run_card
-from dartlm.training.run import train
 from dartlm.experiments.data import prepare_data
-from dartlm.experiments.settings import DemoSettings, pretrain_base, shared_base, method_config
-
+from dartlm.experiments.settings import DemoSettings, method_config, pretrain_base, shared_base
+from dartlm.exports.run import export_run, write_run_card
+from dartlm.storage import OutputLock, write_json, write_text
+from dartlm.training.run import train
 
 LATENCY_ITEMS = 100  # questions timed side by side, at batch size 1
 SHOWN_ANSWERS = 4  # evaluated questions printed with every method's answer

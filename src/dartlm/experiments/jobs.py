@@ -18,11 +18,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dartlm.config import ConfigError
-from dartlm.storage import OutputLock, digest, write_json, write_text
 from dartlm.experiments.data import check_data, prepare_data
+from dartlm.experiments.report import comparison_table, plot_comparison, summarize_comparison
 from dartlm.experiments.settings import DemoSettings, method_config, shared_base
 from dartlm.experiments.variants import Variant
-from dartlm.experiments.report import comparison_table, plot_comparison, summarize_comparison
+from dartlm.storage import OutputLock, digest, write_json, write_text
 
 
 def run_job(job: dict) -> dict:

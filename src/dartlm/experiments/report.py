@@ -10,7 +10,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-
 def answer_variety(scores: Path) -> dict | None:
     """How many different answers a model gave on the scored split, and the share of its most common one.
 

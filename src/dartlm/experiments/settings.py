@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dartlm.config import Config, MethodConfig
-from dartlm.model.adapters import LLAMA_STYLE_TARGETS
 from dartlm.exports.run import export_run
+from dartlm.model.adapters import LLAMA_STYLE_TARGETS
 from dartlm.training.run import train
-
 
 METHODS = ("nocot", "cot", "pause", "dart")
 # LoRA targets of the demo's Llama-style model: the paper's (attention), or every linear layer of the blocks.

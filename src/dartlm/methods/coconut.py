@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from dartlm.config import ConfigError, MethodSettings
 from dartlm.data.layout import ANSWER, PROMPT, REASONING, Pathway, Segments, segment_example, step_ids
-from dartlm.thinking.latent import BOT_TOKEN, EOT_TOKEN, LatentThinking, latent_batch, run_latent_pathway
 from dartlm.losses import masked_mean, token_cross_entropy
 from dartlm.methods.base import Method
 from dartlm.model.export import PromptSpec
+from dartlm.thinking.latent import BOT_TOKEN, EOT_TOKEN, LatentThinking, latent_batch, run_latent_pathway
 
 
 @dataclass(frozen=True)

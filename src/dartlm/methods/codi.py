@@ -11,8 +11,7 @@ not part of the base architecture: the export writes it beside the merged model.
 from __future__ import annotations
 
 from dartlm.data.layout import build_pathway, pad_pathways
-from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
-                           teacher_spread)
+from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked, teacher_spread
 from dartlm.methods.base import forward
 from dartlm.methods.coconut import LatentMethod, latent_prefix, latent_suffix
 from dartlm.methods.dart import DartLoss, DartLossSettings, distillation_line

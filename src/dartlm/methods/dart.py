@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from dartlm.data.layout import DartCollator, DartFeatures, build_pathway
-from dartlm.losses import (answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked,
-                           teacher_spread)
+from dartlm.losses import answer_loss, cot_pathway_loss, distill_loss, distill_positions, gather_masked, teacher_spread
 from dartlm.methods.base import Method, thoughts
-from dartlm.model.adapters import ST_TOKEN
 from dartlm.methods.distill_guards import distill_weight_at, routed
+from dartlm.model.adapters import ST_TOKEN
 from dartlm.model.rem import rem_disabled, rem_parameters
 
 

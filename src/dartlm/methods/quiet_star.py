@@ -39,13 +39,13 @@ import torch.nn.functional as F
 
 from dartlm.config import ConfigError, MethodSettings
 from dartlm.data.layout import ANSWER, PAD_ROLE, build_pathway, pad_pathways
-from dartlm.thinking.decoding import positions_from_mask
 from dartlm.losses import masked_mean
 from dartlm.methods.base import Method, forward
 from dartlm.model.export import PromptSpec
 from dartlm.thinking import QuietThinking, thinking_for
+from dartlm.thinking.decoding import positions_from_mask
 from dartlm.thinking.quiet import (HEAD_ATTRIBUTE, QuietHead, choose_tokens, meta_init_embedding, mixed_logits,
-                          think_in_parallel, thought_head)
+                                  think_in_parallel, thought_head)
 
 
 def next_token_targets(input_ids: torch.Tensor, roles: torch.Tensor, loss_on: str) -> tuple[torch.Tensor, torch.Tensor]:

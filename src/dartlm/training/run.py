@@ -27,10 +27,10 @@ from dartlm.config import Config, ConfigError, to_dict
 from dartlm.data.readers import DataError
 from dartlm.data.sources import load_examples
 from dartlm.methods.base import Method
-from dartlm.training.prepare import PreparedRun, build_model, is_main_process
-from dartlm.training.prepare import load_trained as load_folder
 from dartlm.storage import OutputLock, remove_tree
 from dartlm.training.folder import RUN_FILE, RunError, RunFolder
+from dartlm.training.prepare import PreparedRun, build_model, is_main_process
+from dartlm.training.prepare import load_trained as load_folder
 from dartlm.training.sharding import check_sharding
 from dartlm.training.trainer import (
     JsonlLogCallback,
