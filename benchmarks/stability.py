@@ -19,27 +19,35 @@ and PauseFT on every run; among those, the largest smallest margin wins (ties wi
     python benchmarks/stability.py --output-dir stability --settings current,calm,calm-all
     python benchmarks/stability.py --output-dir stability --report benchmarks/results/stability-study
     python benchmarks/stability.py --stage dart --settings calm --output-dir stability
+    python benchmarks/stability.py --stage test --settings calm --dart dart --output-dir stability
+
+The test stage (`--stage test`) runs the chosen setting and DART candidate on the test split, seeds 0-4 x both bases,
+with nocot, pause, the DART candidate, DART with lambda = 0, cot and codi-student, and judges the targets fixed
+before its runs (TARGETS below).
 
 The screen (`--stage screen`) runs CoT alone on base 1, seed 0 for each setting, two settings side by side with one
 thread each, and drops the settings that cannot pass (SCREEN_FLOOR below); the full grid reuses that run.
 
 Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
-checkpoints resume the unfinished ones).
+checkpoints resume the unfinished ones). A study longer than one machine's life keeps its finished jobs with
+`--archive DIR` (each job's result and per-item scores, a few kB, e.g. committed under benchmarks/results/) and
+puts them back on another machine with `--restore DIR` before the same command: a restored job whose settings,
+data or base differ there is refused by its fingerprint, never mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
-from pathlib import Path
-
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from pathlib import Path
 
 from dartlm.experiments.jobs import run_comparison
-from dartlm.experiments.variants import resolve_variants
 from dartlm.experiments.settings import DemoSettings, apply_settings, shared_base
+from dartlm.experiments.variants import resolve_variants
 
 # Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
 SETTINGS = {
@@ -84,7 +92,13 @@ STAGES = {  # the variants each stage trains
     "screen": ["cot"],
     "regime": ["nocot", "cot"],
     "dart": ["nocot", "pause", "dart", "dart-student", "dart-delayed", "dart-no-distill"],
+    "test": ["nocot", "pause", "DART", "dart-no-distill", "cot", "codi-student"],  # DART: the chosen candidate
 }
+TEST_SEEDS = (0, 1, 2, 3, 4)
+# The test report's targets, fixed before its runs (the issue's): DART beats No-CoT and PauseFT by MIN_MARGIN points
+# on every (base, seed); on the mean DART beats lambda = 0 and closes MIN_GAP_CLOSED of the No-CoT -> CoT gap (the
+# paper: 38 %).
+MIN_MARGIN, MIN_GAP_CLOSED = 5.0, 0.35
 DART_CANDIDATES = ("dart", "dart-student", "dart-delayed")
 # The screen: CoT alone on one (base, seed) per setting, before the full grid. A setting can pass the criterion only
 # if every one of its six CoT runs reaches SCREEN_FLOOR: with a standard deviation <= MAX_STD over n = 6 runs, no run
@@ -95,6 +109,14 @@ SCREEN_BASE_SEED, SCREEN_SEED = 1, 0  # base 1: where CoT failed in the first tw
 SCREEN_FLOOR = MIN_GAP - MAX_STD * (len(BASE_SEEDS) * len(SEEDS) - 1) / (len(BASE_SEEDS) * len(SEEDS)) ** 0.5
 
 
+def stage_variants(stage: str, dart: str | None = None) -> list[str]:
+    if stage != "test":
+        return STAGES[stage]
+    if dart not in DART_CANDIDATES:
+        raise SystemExit(f"--stage test needs --dart, one of {', '.join(DART_CANDIDATES)} (the dart stage's choice)")
+    return [dart if label == "DART" else label for label in STAGES["test"]]
+
+
 def run_dir(out: Path, name: str, base_seed: int, stage: str = "regime") -> Path:
     if stage in ("regime", "screen"):  # the screen's CoT run is one of the regime's twelve, reused by it
         return out / name / f"base-{base_seed}"
@@ -102,7 +124,8 @@ def run_dir(out: Path, name: str, base_seed: int, stage: str = "regime") -> Path
 
 
 def per_run(out: Path, name: str, stage: str, labels: list[str]) -> dict[str, list[dict]] | None:
-    """Per (base seed, seed) accuracy and final loss terms of each variant; None until every base is done."""
+    """Per (base seed, seed) accuracy, final loss terms and answer variety of each variant; None until every base is
+    done."""
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     for base_seed in BASE_SEEDS:
         path = run_dir(out, name, base_seed, stage) / "comparison.json"
@@ -153,6 +176,85 @@ def dart_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def judge_test(out: Path, name: str, dart: str) -> dict | None:
+    """The test report against its targets (MIN_MARGIN, MIN_GAP_CLOSED)."""
+    labels = stage_variants("test", dart)
+    runs = per_run(out, name, "test", labels)
+    if runs is None:
+        return None
+    rows = {label: {"mean": statistics.fmean(r["accuracy"] for r in runs[label]),
+                    "std": statistics.stdev(r["accuracy"] for r in runs[label]),
+                    "per_run": [r["accuracy"] for r in runs[label]], "terms": [r["terms"] for r in runs[label]],
+                    "variety": [r["variety"] for r in runs[label]]} for label in labels}
+    d, n, p = rows[dart]["per_run"], rows["nocot"]["per_run"], rows["pause"]["per_run"]
+    gap = rows["cot"]["mean"] - rows["nocot"]["mean"]
+    closed = (rows[dart]["mean"] - rows["nocot"]["mean"]) / gap if gap > 0 else float("nan")
+    targets = {
+        f"DART >= No-CoT + {MIN_MARGIN:g} on every run": {"measured": min(a - b for a, b in zip(d, n))},
+        f"DART >= PauseFT + {MIN_MARGIN:g} on every run": {"measured": min(a - b for a, b in zip(d, p))},
+        "mean DART > mean lambda = 0": {"measured": rows[dart]["mean"] - rows["dart-no-distill"]["mean"]},
+        f"DART closes >= {MIN_GAP_CLOSED:.0%} of the No-CoT -> CoT gap": {"measured": closed},
+    }
+    for (label, target), bound in zip(targets.items(), (MIN_MARGIN, MIN_MARGIN, 0.0, MIN_GAP_CLOSED)):
+        target["met"] = target["measured"] >= bound if bound else target["measured"] > bound
+    return {"setting": name, "dart": dart, "split": "test", "variants": rows, "targets": targets,
+            "runs": [f"b{r['base_seed']}s{r['seed']}" for r in runs["nocot"]]}
+
+
+def test_table(result: dict) -> str:
+    lines = [f"Test, setting {result['setting']}, DART = {result['dart']}, runs {', '.join(result['runs'])} "
+             "(b: base seed, s: seed).", "", "| variant | mean ± std | per run |", "|---|---|---|"]
+    lines += [f"| {label} | {row['mean']:.1f} ± {row['std']:.1f} | {' / '.join(f'{a:.1f}' for a in row['per_run'])} |"
+              for label, row in result["variants"].items()]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {t['measured']:+.2f} | {'yes' if t['met'] else 'no'} |"
+              for name, t in result["targets"].items()]
+    return "\n".join(lines)
+
+
+def job_files(folder: Path) -> list[Path]:
+    """A comparison folder's finished-job files: each job's result and its per-item scores."""
+    return sorted([*folder.glob("*/base-*/seed-*/results/*.json"), *folder.glob("*/base-*/seed-*/scores/*.jsonl")])
+
+
+def archive(out: Path, to: Path) -> int:
+    """Copy every finished job of the study into `to` (same relative paths)."""
+    files = job_files(out)
+    for path in files:
+        target = to / path.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return len(files)
+
+
+def restore(archived: Path, out: Path) -> int:
+    """Put archived jobs back into a study folder; a job already there is left as it is."""
+    restored = 0
+    for path in job_files(archived):
+        target = out / path.relative_to(archived)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            restored += 1
+    return restored
+
+
+def reuse_regime_jobs(out: Path, name: str, stage: str, labels: list[str], seeds: list[int]) -> None:
+    """A later stage's No-CoT and CoT jobs on validation are the regime's jobs: copied, not trained again (the
+    fingerprint check in run_comparison refuses a copy whose settings differ)."""
+    if stage != "dart":
+        return
+    for base_seed in BASE_SEEDS:
+        for seed in seeds:
+            for label in set(labels) & set(STAGES["regime"]):
+                for kind, suffix in (("results", "-val.json"), ("scores", "-val.jsonl")):
+                    source = run_dir(out, name, base_seed) / f"seed-{seed}" / kind / f"{label}{suffix}"
+                    target = run_dir(out, name, base_seed, stage) / f"seed-{seed}" / kind / f"{label}{suffix}"
+                    if source.is_file() and not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(source, target)
+
+
 def setting(name: str, base_seed: int, save_every: int) -> DemoSettings:
     return apply_settings(DemoSettings(), SETTINGS[name] + [f"base_seed={base_seed}", f"save_every={save_every}"])
 
@@ -192,14 +294,17 @@ def screen_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int, stage: str = "regime") -> None:
-    variants = resolve_variants(STAGES[stage])
+def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int, stage: str = "regime",
+        dart: str | None = None) -> None:
+    labels = stage_variants(stage, dart)
+    variants = resolve_variants(labels)
     for name in names:
+        reuse_regime_jobs(out, name, stage, labels, seeds)
         for base_seed in BASE_SEEDS:
             settings = setting(name, base_seed, save_every)
             print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
             run_comparison(variants, settings, seeds, run_dir(out, name, base_seed, stage), workers=workers,
-                           latency_items=0, split="val")
+                           latency_items=0, split="test" if stage == "test" else "val")
 
 
 def judge(out: Path, names: list[str]) -> dict:
@@ -236,12 +341,12 @@ def judge(out: Path, names: list[str]) -> dict:
             "settings": rows, "chosen": chosen}
 
 
-def finished_runs(out: Path, names: list[str]) -> list[dict]:
+def finished_runs(out: Path, names: list[str], stage: str = "regime") -> list[dict]:
     """Every finished (setting, base, seed, variant) result so far, whole settings or not (a run in progress)."""
     rows = []
     for name in names:
         for base_seed in BASE_SEEDS:
-            for path in sorted(run_dir(out, name, base_seed).glob("seed-*/results/*-val.json")):
+            for path in sorted(run_dir(out, name, base_seed, stage).glob("seed-*/results/*.json")):
                 result = json.loads(path.read_text(encoding="utf-8"))
                 rows.append({"setting": name, "base_seed": base_seed, "seed": result["seed"],
                              "variant": result["label"], "accuracy": 100 * result["accuracy"],
@@ -250,7 +355,7 @@ def finished_runs(out: Path, names: list[str]) -> list[dict]:
 
 
 def partial_table(rows: list[dict]) -> str:
-    lines = ["| setting | base seed | seed | variant | val accuracy % | final train loss |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | base seed | seed | variant | accuracy % (the stage's split) | final train loss |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['base_seed']} | {r['seed']} | {r['variant']} | {r['accuracy']:.1f} | "
               f"{r['final_loss']:.3f} |" for r in rows]
     return "\n".join(lines)
@@ -273,30 +378,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="stability")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated: {', '.join(SETTINGS)}")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--seeds", help=f"comma-separated (default: {','.join(map(str, SEEDS))}; the test stage: "
+                        f"{','.join(map(str, TEST_SEEDS))})")
+    parser.add_argument("--dart", help=f"the test stage's DART candidate, one of {', '.join(DART_CANDIDATES)}")
+    parser.add_argument("--archive", help="after the stage, copy every finished job of the study into this folder")
+    parser.add_argument("--restore", help="before the stage, put the jobs archived in this folder back")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--report", help="only judge the finished settings; write <report>.json and .md")
     parser.add_argument("--stage", choices=list(STAGES), default="regime",
                         help="screen: CoT on one (base, seed) per setting, to skip settings that cannot pass; regime: "
-                             "No-CoT and CoT per setting; dart: DART's candidates on one chosen setting")
+                             "No-CoT and CoT per setting; dart: DART's candidates on one chosen setting; test: the "
+                             "test report of the chosen setting and candidate")
     args = parser.parse_args()
     names = args.settings.split(",")
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
     out = Path(args.output_dir)
+    if args.restore:
+        print(f"restored {restore(Path(args.restore), out)} finished job file(s) from {args.restore}")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(TEST_SEEDS if args.stage == "test" else SEEDS)
     if not args.report:
         if args.stage == "screen":
             screen(out, names, args.workers, args.save_every)
         else:
-            run(out, names, [int(s) for s in args.seeds.split(",")], args.workers, args.save_every, args.stage)
+            run(out, names, seeds, args.workers, args.save_every, args.stage, args.dart)
+    if args.archive:
+        print(f"archived {archive(out, Path(args.archive))} finished job file(s) into {args.archive}")
     if args.stage == "screen":
         result = screened(out, names)
         text = screen_table(result)
-    elif args.stage == "dart":
-        result = judge_dart(out, names[0])
-        text = dart_table(result) if result else "not finished"
+    elif args.stage in ("dart", "test"):
+        result = judge_dart(out, names[0]) if args.stage == "dart" else judge_test(out, names[0], args.dart)
+        text = (dart_table if args.stage == "dart" else test_table)(result) if result else "Not finished."
+        result = {**(result or {}), "finished_runs": finished_runs(out, names[:1], args.stage)}
+        text += "\n\nEvery finished run so far:\n\n" + partial_table(result["finished_runs"])
     else:
         result = judge(out, names)
         result["finished_runs"] = finished_runs(out, names)
