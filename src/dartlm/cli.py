@@ -92,6 +92,15 @@ def _onnx(args) -> int:
     return 0
 
 
+def _gguf(args) -> int:
+    from dartlm.engines.llamacpp import export_gguf
+
+    export_gguf(Path(args.model_dir), Path(args.out_dir), outtype=args.outtype, converter=args.converter,
+                force=args.force, threads=args.threads)
+    print(f"GGUF model: {args.out_dir} (evaluate it with: dartlm eval {args.out_dir} --engine llamacpp ...)")
+    return 0
+
+
 def _generate(args) -> int:
     from dartlm.generate import generate, load_exported
     from dartlm.thinking import thinking_for
@@ -251,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="int8: dynamic quantisation of the checked graph (int8 weights, activations on the fly)")
     onnx.set_defaults(run=_onnx)
 
+    from dartlm.engines import CONVERTER_ENV, GGUF_OUTTYPES
+
+    gguf = commands.add_parser("gguf", help="an exported model as a GGUF file for llama.cpp, through llama.cpp's own "
+                                             "converter (checked against PyTorch before it is written)")
+    gguf.add_argument("model_dir", help="a folder written by `dartlm export`")
+    gguf.add_argument("out_dir")
+    gguf.add_argument("--outtype", default="f16", choices=GGUF_OUTTYPES,
+                      help="f32/f16/bf16/q8_0 written by the converter; q4_K_M by llama.cpp's quantiser from f32")
+    gguf.add_argument("--converter",
+                      help=f"llama.cpp's folder or its convert_hf_to_gguf.py (default: ${CONVERTER_ENV})")
+    gguf.add_argument("--threads", type=int, help="llama.cpp's threads (default: torch's)")
+    gguf.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    gguf.set_defaults(run=_gguf)
+
     generate = commands.add_parser("generate", help="answer questions with an exported model")
     generate.add_argument("model_dir")
     generate.add_argument("questions", nargs="+")
@@ -267,13 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--latency-items", type=int, default=100,
                           help="with --batch-size > 1: items timed one by one afterwards (0: none)")
     evaluate.add_argument("--output", help="summary JSON (per-item records go beside it as .jsonl)")
-    evaluate.add_argument("--device", default=None, help="default: cuda when available (cpu for onnxruntime)")
+    evaluate.add_argument("--device", default=None, help="default: cuda when available (cpu for the other engines)")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluate.add_argument("--without-thoughts", action="store_true",
                           help="Quiet-STaR models: answer from the thought-free state alone (what thinking adds)")
-    evaluate.add_argument("--engine", default="torch", choices=["torch", "onnxruntime"],
-                          help="onnxruntime: MODEL_DIR is a folder written by `dartlm onnx` (CPU, fp32); the same "
-                               "prompt, greedy loop and scoring")
+    evaluate.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "llamacpp"],
+                          help="onnxruntime: MODEL_DIR is a folder written by `dartlm onnx` (CPU, fp32); llamacpp: "
+                               "one written by `dartlm gguf` (CPU, batch size 1); the same prompt, greedy loop and "
+                               "scoring")
     evaluate.set_defaults(run=_eval)
 
     task = commands.add_parser("lm-eval-task", help="an lm-evaluation-harness task that scores an exported model "

@@ -24,6 +24,7 @@ from dartlm.model.export import PromptSpec, model_fingerprint
 from dartlm.thinking import thinking_for
 from dartlm.storage import OutputLock, sha256_file, write_json, write_text
 
+ENGINES = ("torch", "onnxruntime", "llamacpp")
 STREAM_VERSION = 2  # 2: the model is identified by every file's sha256, the data by its whole content
 
 
@@ -43,7 +44,9 @@ class EvalSettings:
     device: str = "cpu"
     dtype: str = "float32"
     without_thoughts: bool = False  # Quiet-STaR models: answer from the thought-free state alone (an ablation)
-    engine: str = "torch"  # torch | onnxruntime (a folder written by `dartlm onnx`; CPU, fp32)
+    # torch | onnxruntime (a folder written by `dartlm onnx`; CPU, fp32) | llamacpp (a folder written by `dartlm
+    # gguf`; CPU, one sequence at a time, in the file's own dtype)
+    engine: str = "torch"
 
     def __post_init__(self):
         from dartlm.config import ConfigError
@@ -55,10 +58,13 @@ class EvalSettings:
                 raise ConfigError(f"eval: {name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"eval: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.engine not in ("torch", "onnxruntime"):
-            raise ConfigError(f"eval: engine must be torch or onnxruntime, got {self.engine!r}")
-        if self.engine == "onnxruntime" and (self.device != "cpu" or self.dtype != "float32"):
-            raise ConfigError("eval: the onnxruntime engine runs the graph as exported: on cpu, in float32")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"eval: engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine != "torch" and (self.device != "cpu" or self.dtype != "float32"):
+            raise ConfigError(f"eval: the {self.engine} engine runs the model as exported for it: on cpu, with "
+                              "--dtype float32 (the file's own types)")
+        if self.engine == "llamacpp" and self.batch_size != 1:
+            raise ConfigError("eval: the llamacpp engine decodes one sequence at a time: --batch-size 1")
 
 
 def stream_header(model_dir: Path, spec: PromptSpec, settings: EvalSettings, max_new_tokens: int,
@@ -157,6 +163,10 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
         from dartlm.engines.onnx import load_onnx
 
         model, tokenizer, _ = load_onnx(model_dir)
+    elif settings.engine == "llamacpp":
+        from dartlm.engines.llamacpp import load_llamacpp
+
+        model, tokenizer, _ = load_llamacpp(model_dir)
     else:
         model, tokenizer, _ = load_exported(model_dir, settings.device, dtype)
     output.parent.mkdir(parents=True, exist_ok=True)
