@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dartlm.engines import load_for_engine
 from dartlm.eval.answers import score_answer
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.eval.measure import machine_info, stopwatch, summarize
-from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids, without_thoughts
+from dartlm.generate import decode_prompts, default_max_new_tokens, prompt_ids, without_thoughts
 from dartlm.model.export import PromptSpec, model_fingerprint
 from dartlm.thinking import thinking_for
 from dartlm.storage import OutputLock, sha256_file, write_json, write_text
@@ -159,16 +160,7 @@ def evaluate(model_dir: Path, settings: EvalSettings, output: Path, *, progress:
     if stream.is_file() and stream.stat().st_size:
         open_stream(stream, header)  # a stream of another evaluation is refused before any model loads
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[settings.dtype]
-    if settings.engine == "onnxruntime":
-        from dartlm.engines.onnx import load_onnx
-
-        model, tokenizer, _ = load_onnx(model_dir)
-    elif settings.engine == "llamacpp":
-        from dartlm.engines.llamacpp import load_llamacpp
-
-        model, tokenizer, _ = load_llamacpp(model_dir)
-    else:
-        model, tokenizer, _ = load_exported(model_dir, settings.device, dtype)
+    model, tokenizer, _ = load_for_engine(model_dir, settings.engine, device=settings.device, dtype=dtype)
     output.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(output, "evaluation output"):
         done, latencies = open_stream(stream, header)

@@ -38,15 +38,17 @@ def time_interleaved(labels: list[str], count: int, prepare: Callable[[str, int]
 
 
 def interleaved_latency(models: dict[str, Path], questions: list[str], *, warmup: int = 3, threads: int = 2,
-                        log=print) -> dict:
+                        engine: str = "torch", log=print) -> dict:
     """{"machine", "n", "variants": {label: latency_ms summary, forward_passes, new_tokens, thought_tokens}}:
-    exported models timed at batch size 1 on the same questions, interleaved (time_interleaved)."""
+    models made for one engine (exported ones for torch), timed at batch size 1 on the same questions, interleaved
+    (time_interleaved)."""
     import torch
 
-    from dartlm.generate import decode_prompts, default_max_new_tokens, load_exported, prompt_ids
+    from dartlm.engines import load_for_engine
+    from dartlm.generate import decode_prompts, default_max_new_tokens, prompt_ids
 
     torch.set_num_threads(threads)
-    loaded = {label: load_exported(folder) for label, folder in models.items()}
+    loaded = {label: load_for_engine(folder, engine, threads=threads) for label, folder in models.items()}
     labels = list(models)
     log(f"latency: {len(questions)} questions x {len(labels)} models, batch size 1, interleaved")
 
