@@ -195,7 +195,7 @@ def judge_test(out: Path, name: str, dart: str) -> dict | None:
         "mean DART > mean lambda = 0": {"measured": rows[dart]["mean"] - rows["dart-no-distill"]["mean"]},
         f"DART closes >= {MIN_GAP_CLOSED:.0%} of the No-CoT -> CoT gap": {"measured": closed},
     }
-    for (label, target), bound in zip(targets.items(), (MIN_MARGIN, MIN_MARGIN, 0.0, MIN_GAP_CLOSED)):
+    for target, bound in zip(targets.values(), (MIN_MARGIN, MIN_MARGIN, 0.0, MIN_GAP_CLOSED)):
         target["met"] = target["measured"] >= bound if bound else target["measured"] > bound
     return {"setting": name, "dart": dart, "split": "test", "variants": rows, "targets": targets,
             "runs": [f"b{r['base_seed']}s{r['seed']}" for r in runs["nocot"]]}
@@ -295,16 +295,16 @@ def screen_table(result: dict) -> str:
 
 
 def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every: int, stage: str = "regime",
-        dart: str | None = None) -> None:
+        dart: str | None = None, threads: int | None = None, base_seeds: tuple[int, ...] = BASE_SEEDS) -> None:
     labels = stage_variants(stage, dart)
     variants = resolve_variants(labels)
     for name in names:
         reuse_regime_jobs(out, name, stage, labels, seeds)
-        for base_seed in BASE_SEEDS:
+        for base_seed in base_seeds:
             settings = setting(name, base_seed, save_every)
             print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
             run_comparison(variants, settings, seeds, run_dir(out, name, base_seed, stage), workers=workers,
-                           latency_items=0, split="test" if stage == "test" else "val")
+                           latency_items=0, split="test" if stage == "test" else "val", threads=threads)
 
 
 def judge(out: Path, names: list[str]) -> dict:
@@ -384,6 +384,11 @@ def main() -> None:
     parser.add_argument("--archive", help="after the stage, copy every finished job of the study into this folder")
     parser.add_argument("--restore", help="before the stage, put the jobs archived in this folder back")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int,
+                        help="threads per job (default: 1 with several workers, else 2). Results do not record it: "
+                             "another thread count rounds differently, so give it its own --output-dir")
+    parser.add_argument("--base-seeds", default=",".join(map(str, BASE_SEEDS)),
+                        help="the bases to fine-tune (the report needs every one of BASE_SEEDS)")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--report", help="only judge the finished settings; write <report>.json and .md")
     parser.add_argument("--stage", choices=list(STAGES), default="regime",
@@ -403,7 +408,8 @@ def main() -> None:
         if args.stage == "screen":
             screen(out, names, args.workers, args.save_every)
         else:
-            run(out, names, seeds, args.workers, args.save_every, args.stage, args.dart)
+            run(out, names, seeds, args.workers, args.save_every, args.stage, args.dart, args.threads,
+                tuple(int(b) for b in args.base_seeds.split(",")))
     if args.archive:
         print(f"archived {archive(out, Path(args.archive))} finished job file(s) into {args.archive}")
     if args.stage == "screen":
