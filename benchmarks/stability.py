@@ -32,7 +32,9 @@ Runs are resumable: run the same command again after a kill (every finished job 
 checkpoints resume the unfinished ones). A study longer than one machine's life keeps its finished jobs with
 `--archive DIR` (each job's result and per-item scores, a few kB, e.g. committed under benchmarks/results/) and
 puts them back on another machine with `--restore DIR` before the same command: a restored job whose settings,
-data or base differ there is refused by its fingerprint, never mixed in.
+data or base differ there is refused by its fingerprint, never mixed in. The shipped base is the same everywhere,
+but fine-tuning rounds as the machine does: every job records its machine (CPU and vector instructions), and a
+comparison whose jobs ran on several machines says so under its table.
 """
 
 from __future__ import annotations

@@ -155,3 +155,25 @@ def test_a_setting_added_later_keeps_earlier_fingerprints_at_its_old_value():
     assert job_fingerprint(whole_chain, variant, "val", "d", "b") != old
     config = method_config(whole_chain, "cot", Path("data"), Path("run"), Path("base"), 10)
     assert config.data.omit_last_step is False
+
+
+def test_a_comparison_says_when_its_jobs_ran_on_several_machines():
+    from dartlm.experiments.report import comparison_table, summarize_comparison
+    from dartlm.experiments.settings import DemoSettings
+    from dartlm.experiments.variants import VARIANTS
+    from dartlm.eval.latency import not_timed
+
+    here = {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}
+    other = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
+    results = {"nocot": [{"accuracy": 0.1, "train_s": 1.0, "n": 200, "machine": here},
+                         {"accuracy": 0.2, "train_s": 1.0, "n": 200, "machine": other}]}
+    summary = summarize_comparison([VARIANTS["nocot"]], results, not_timed(["nocot"]), DemoSettings(), [0, 1])
+    assert summary["job_machines"] == ["AMD EPYC (AVX2)", "AMD EPYC (AVX512)"]
+    assert "**The jobs trained on 2 different machines** (AMD EPYC (AVX2); AMD EPYC (AVX512))" in \
+        comparison_table(summary)
+    results["nocot"][1]["machine"] = here
+    summary = summarize_comparison([VARIANTS["nocot"]], results, not_timed(["nocot"]), DemoSettings(), [0, 1])
+    assert summary["job_machines"] == ["AMD EPYC (AVX2)"] and "different machines" not in comparison_table(summary)
+    del results["nocot"][0]["machine"]  # a result written before machines were recorded
+    summary = summarize_comparison([VARIANTS["nocot"]], results, not_timed(["nocot"]), DemoSettings(), [0, 1])
+    assert summary["job_machines"] == ["AMD EPYC (AVX2)", "unrecorded"]

@@ -99,6 +99,9 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
 
     info = {
         "cpu": _cpu_model(),
+        # The vector instructions torch's CPU kernels use (DEFAULT, AVX2, AVX512, ...): machines that differ here round
+        # differently, and a chaotic fine-tuning can end elsewhere (benchmarks/README.md, the stability study).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

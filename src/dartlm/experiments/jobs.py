@@ -30,6 +30,7 @@ def run_job(job: dict) -> dict:
     import torch
 
     from dartlm.eval.evaluate import EvalSettings, evaluate
+    from dartlm.eval.measure import machine_info
     from dartlm.exports.run import export_run, write_run_card
     from dartlm.training.run import final_terms, resumable, train
 
@@ -58,7 +59,8 @@ def run_job(job: dict) -> dict:
     write_run_card(run_dir, model_dir, check=check, results=[scored])
     result = {"label": variant.label, "seed": settings.seed, "split": split, "accuracy": scored["accuracy"]["strict"],
               "train_s": train_s, "n": scored["n"], "new_tokens": scored["new_tokens"]["mean"],
-              "final_terms": final_terms(run_dir)}
+              "final_terms": final_terms(run_dir),
+              "machine": machine_info("cpu")}  # results restored from another machine stay told apart
     result["fingerprint"] = job["fingerprint"]
     write_json(Path(job["result_path"]), result)
     return result

@@ -46,7 +46,16 @@ def summarize_comparison(variants, results, latency, settings, seeds, out_dir: P
             **latency["variants"][v.label],
         }
     return {"settings": asdict(settings), "seeds": seeds, "test_items": results[variants[0].label][0]["n"],
-            "latency_items": latency["n"], "machine": latency["machine"], "variants": rows}
+            "latency_items": latency["n"], "machine": latency["machine"], "variants": rows,
+            "job_machines": job_machines(r for runs in results.values() for r in runs)}
+
+
+def job_machines(results) -> list[str]:
+    """The machines the jobs trained on (CPU model and vector instructions; results written before this was recorded
+    count as "unrecorded"). More than one: results of several machines, which round differently, are mixed."""
+    def describe(machine: dict | None) -> str:
+        return f"{machine['cpu']} ({machine.get('cpu_capability', '?')})" if machine else "unrecorded"
+    return sorted({describe(r.get("machine")) for r in results})
 
 
 TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill"), ("teacher_spread", "teacher_spread"),
@@ -72,6 +81,10 @@ def comparison_table(summary: dict) -> str:
         cells = " | ".join("not timed" if x is None else f"{x:.1f}" for x in timed)
         lines.append(f"| {label} | {row['paper']} | {row['accuracy_mean']:.1f} ± {row['accuracy_std']:.1f} | {seeds} | "
                      f"{cells} |")
+    machines = summary.get("job_machines") or []
+    if len(machines) > 1:
+        lines += ["", f"**The jobs trained on {len(machines)} different machines** ({'; '.join(machines)}): machines "
+                  "that round differently can end a chaotic fine-tuning elsewhere."]
     logged = {k for row in summary["variants"].values() for r in row.get("final_terms_per_seed") or [] for k in r}
     terms = [(k, name) for k, name in TERMS if k in logged] or list(TERMS[:4])
     lines += ["", "Loss terms logged last in training, and the answers given (mean over seeds; – where there are none). "
