@@ -98,7 +98,6 @@ def test_answer_variety_by_hand(tmp_path):
 def test_compare_fine_tunes_a_given_pretrained_model(tmp_path, tokenizer):
     """--base-model: any HF folder (or hub name, or alias) as the frozen base, with its own tokenizer."""
     import yaml
-
     from conftest import make_model
 
     folder = tmp_path / "pretrained"
@@ -158,10 +157,10 @@ def test_a_setting_added_later_keeps_earlier_fingerprints_at_its_old_value():
 
 
 def test_a_comparison_says_when_its_jobs_ran_on_several_machines():
+    from dartlm.eval.latency import not_timed
     from dartlm.experiments.report import comparison_table, summarize_comparison
     from dartlm.experiments.settings import DemoSettings
     from dartlm.experiments.variants import VARIANTS
-    from dartlm.eval.latency import not_timed
 
     here = {"cpu": "AMD EPYC", "cpu_capability": "AVX2"}
     other = {"cpu": "AMD EPYC", "cpu_capability": "AVX512"}
