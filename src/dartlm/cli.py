@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="int8: dynamic quantisation of the checked graph (int8 weights, activations on the fly)")
     onnx.set_defaults(run=_onnx)
 
-    from dartlm.engines import CONVERTER_ENV, GGUF_OUTTYPES
+    from dartlm.engines import CONVERTER_ENV, ENGINES, GGUF_OUTTYPES
 
     gguf = commands.add_parser("gguf", help="an exported model as a GGUF file for llama.cpp, through llama.cpp's own "
                                              "converter (checked against PyTorch before it is written)")
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluate.add_argument("--without-thoughts", action="store_true",
                           help="Quiet-STaR models: answer from the thought-free state alone (what thinking adds)")
-    evaluate.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "llamacpp"],
+    evaluate.add_argument("--engine", default="torch", choices=ENGINES,
                           help="onnxruntime: MODEL_DIR is a folder written by `dartlm onnx` (CPU, fp32); llamacpp: "
                                "one written by `dartlm gguf` (CPU, batch size 1); the same prompt, greedy loop and "
                                "scoring")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ from pathlib import Path
 import torch
 
 from dartlm import storage
-from dartlm.engines import CONVERTER_ENV, GGUF_CONVERTED, GGUF_OUTTYPES, GGUF_QUANTIZED
-from dartlm.model.export import PROMPT_FILE, ExportError, PromptSpec, model_fingerprint, write_manifest
-from dartlm.thinking import thinking_for
+from dartlm.engines import (CONVERTER_ENV, GGUF_CONVERTED, GGUF_OUTTYPES, GGUF_QUANTIZED, engine_folder,
+                            token_prompted_spec)
+from dartlm.model.export import ExportError, model_fingerprint
 from dartlm.thinking.decoding import Step
 
 GGUF_FILE = "model.gguf"
@@ -75,45 +74,30 @@ def export_gguf(model_dir: Path, out_dir: Path, *, outtype: str = "f16", convert
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     source = model_fingerprint(model_dir)
-    spec = PromptSpec.load(model_dir)
-    if not thinking_for(spec).token_prompted:
-        raise ExportError(f"{model_dir}: a {spec.method} model decodes with {spec.decode} thoughts, which need hidden "
-                          "states between steps; llama.cpp serves models prompted with tokens only (No-CoT, CoT, "
-                          "PauseFT, DART, iCoT)")
+    spec = token_prompted_spec(model_dir, "llama.cpp")
     script = find_converter(converter)
     llama_cpp = _import_llama_cpp()
-    with storage.OutputLock(out_dir, "GGUF folder"):
-        if out_dir.exists() and any(out_dir.iterdir()) and not force:
-            raise ExportError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
-        staged = storage.staging_folder(out_dir)
-        try:
-            converted = staged / (GGUF_FILE if outtype in GGUF_CONVERTED else "model-f32.gguf")
-            _convert(script, model_dir, converted, outtype if outtype in GGUF_CONVERTED else "f32")
-            if outtype in GGUF_QUANTIZED:
-                _quantize(llama_cpp, converted, staged / GGUF_FILE, GGUF_QUANTIZED[outtype], threads)
-                converted.unlink()
-            for name in (PROMPT_FILE, "config.json", "generation_config.json"):
-                if (model_dir / name).is_file():
-                    shutil.copy2(model_dir / name, staged / name)
-            model, tokenizer, _ = load_exported(model_dir)
-            tokenizer.save_pretrained(staged)
-            engine = LlamaCppCausalLM(staged, threads=threads)
-            probe = prompt_ids(PROBE_QUESTIONS, tokenizer, spec)
-            difference = _check(model, engine, probe)
-            if difference != difference:  # NaN
-                raise ExportError(f"{model_dir}: llama.cpp gives non-finite logits; nothing was written")
-            if outtype == "f32" and not difference <= CHECK_TOLERANCE:
-                raise ExportError(f"{model_dir}: llama.cpp's logits differ from PyTorch's by {difference:.3g} of their "
-                                  f"scale (above {CHECK_TOLERANCE:g}); nothing was written")
-            del engine
-            storage.write_json(staged / ENGINE_FILE, {
-                "engine": "llama.cpp", "outtype": outtype, "llama_cpp_python": llama_cpp.__version__,
-                "converter": str(script), "source": str(model_dir), "source_fingerprint": source,
-                "check_difference": difference, "gguf_bytes": (staged / GGUF_FILE).stat().st_size})
-            write_manifest(staged, source=str(model_dir.resolve()), engine="llama.cpp")
-            storage.replace_folder(staged, out_dir)
-        finally:
-            storage.remove_tree(staged)
+    with engine_folder(model_dir, out_dir, force=force, engine="llama.cpp", what="GGUF folder") as staged:
+        converted = staged / (GGUF_FILE if outtype in GGUF_CONVERTED else "model-f32.gguf")
+        _convert(script, model_dir, converted, outtype if outtype in GGUF_CONVERTED else "f32")
+        if outtype in GGUF_QUANTIZED:
+            _quantize(llama_cpp, converted, staged / GGUF_FILE, GGUF_QUANTIZED[outtype], threads)
+            converted.unlink()
+        model, tokenizer, _ = load_exported(model_dir)
+        tokenizer.save_pretrained(staged)
+        engine = LlamaCppCausalLM(staged, threads=threads)
+        probe = prompt_ids(PROBE_QUESTIONS, tokenizer, spec)
+        difference = _check(model, engine, probe)
+        if difference != difference:  # NaN
+            raise ExportError(f"{model_dir}: llama.cpp gives non-finite logits; nothing was written")
+        if outtype == "f32" and not difference <= CHECK_TOLERANCE:
+            raise ExportError(f"{model_dir}: llama.cpp's logits differ from PyTorch's by {difference:.3g} of their "
+                              f"scale (above {CHECK_TOLERANCE:g}); nothing was written")
+        del engine  # the context holds the file open
+        storage.write_json(staged / ENGINE_FILE, {
+            "engine": "llama.cpp", "outtype": outtype, "llama_cpp_python": llama_cpp.__version__,
+            "converter": str(script), "source": str(model_dir), "source_fingerprint": source,
+            "check_difference": difference, "gguf_bytes": (staged / GGUF_FILE).stat().st_size})
     log(f"GGUF {outtype}: max |logit difference| against PyTorch {difference:.3g} of the logits' scale (probe prompts "
         "and two more tokens)")
     return {"outtype": outtype, "difference": difference}
@@ -209,9 +193,7 @@ def load_llamacpp(folder: Path, threads: int | None = None):
     folder = Path(folder)
     if not (folder / GGUF_FILE).is_file():
         raise ExportError(f"{folder}: no {GGUF_FILE}; make one with `dartlm gguf MODEL_DIR {folder}`")
-    spec = PromptSpec.load(folder)
-    if not thinking_for(spec).token_prompted:
-        raise ExportError(f"{folder}: {spec.decode} decoding does not run in llama.cpp")
+    spec = token_prompted_spec(folder, "llama.cpp")
     return LlamaCppCausalLM(folder, threads), AutoTokenizer.from_pretrained(folder), spec
 
 

@@ -16,7 +16,6 @@ project's transformers 5; the graph is traced with torch.onnx's TorchScript expo
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import torch
 
 from dartlm import storage
 from dartlm.thinking.decoding import Step, positions_from_mask
-from dartlm.model.export import PROMPT_FILE, ExportError, PromptSpec, model_fingerprint, write_manifest
-from dartlm.thinking import thinking_for
+from dartlm.engines import engine_folder, token_prompted_spec
+from dartlm.model.export import ExportError, model_fingerprint
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "dartlm_onnx.json"  # how the graph was made, and what it was checked against
@@ -83,14 +82,8 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     source = model_fingerprint(model_dir)
-    spec = PromptSpec.load(model_dir)
-    if not thinking_for(spec).token_prompted:
-        raise ExportError(f"{model_dir}: a {spec.method} model decodes with {spec.decode} thoughts, which need hidden "
-                          "states between steps; ONNX Runtime serves models prompted with tokens only (No-CoT, "
-                          "CoT, PauseFT, DART, iCoT)")
-    with storage.OutputLock(out_dir, "ONNX folder"):
-        if out_dir.exists() and any(out_dir.iterdir()) and not force:
-            raise ExportError(f"{out_dir}: the output folder is not empty; pass --force to overwrite it")
+    spec = token_prompted_spec(model_dir, "ONNX Runtime")
+    with engine_folder(model_dir, out_dir, force=force, engine="onnxruntime", what="ONNX folder") as staged:
         model, tokenizer, _ = load_exported(model_dir)
         model.config.use_cache = True
         layers, heads, head_dim = _kv_shape(model.config)
@@ -105,41 +98,31 @@ def export_onnx(model_dir: Path, out_dir: Path, *, force: bool = False, opset: i
                    "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch", 1: "new"},
                    **{name: {0: "batch", 2: "past"} for name in past_names},
                    **{name: {0: "batch", 2: "total"} for name in present_names}}
-        staged = storage.staging_folder(out_dir)
-        try:
-            with torch.no_grad():
-                torch.onnx.export(step, (probe["input_ids"], mask, positions, *empty), str(staged / ONNX_FILE),
-                                  input_names=["input_ids", "attention_mask", "position_ids", *past_names],
-                                  output_names=["logits", *present_names], dynamic_axes=dynamic, opset_version=opset,
-                                  dynamo=False)
-            for name in (PROMPT_FILE, "config.json", "generation_config.json"):
-                if (model_dir / name).is_file():
-                    shutil.copy2(model_dir / name, staged / name)
-            tokenizer.save_pretrained(staged)
-            difference = _check(step, OnnxCausalLM(staged), probe, tokenizer)
-            if not difference <= CHECK_TOLERANCE:
-                raise ExportError(f"{model_dir}: ONNX Runtime's logits differ from PyTorch's by {difference:.3g} of "
-                                  f"their scale (above {CHECK_TOLERANCE:g}); nothing was written")
-            quantized_difference = None
-            if quantize == "int8":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+        with torch.no_grad():
+            torch.onnx.export(step, (probe["input_ids"], mask, positions, *empty), str(staged / ONNX_FILE),
+                              input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+                              output_names=["logits", *present_names], dynamic_axes=dynamic, opset_version=opset,
+                              dynamo=False)
+        tokenizer.save_pretrained(staged)
+        difference = _check(step, OnnxCausalLM(staged), probe, tokenizer)
+        if not difference <= CHECK_TOLERANCE:
+            raise ExportError(f"{model_dir}: ONNX Runtime's logits differ from PyTorch's by {difference:.3g} of "
+                              f"their scale (above {CHECK_TOLERANCE:g}); nothing was written")
+        quantized_difference = None
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                fp32 = staged / ONNX_FILE
-                int8 = staged / "model.int8.onnx"
-                quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-                int8.replace(fp32)
-                quantized_difference = _check(step, OnnxCausalLM(staged), probe, tokenizer)
-                if quantized_difference != quantized_difference:  # NaN
-                    raise ExportError(f"{model_dir}: the int8 graph gives non-finite logits; nothing was written")
-            storage.write_json(staged / ENGINE_FILE, {"engine": "onnxruntime", "opset": opset, "source": str(model_dir),
-                                                      "source_fingerprint": source, "check_difference": difference,
-                                                      "quantization": quantize,
-                                                      "int8_difference": quantized_difference,
-                                                      "layers": layers, "kv_heads": heads, "head_dim": head_dim})
-            write_manifest(staged, source=str(model_dir.resolve()), engine="onnxruntime")
-            storage.replace_folder(staged, out_dir)
-        finally:
-            storage.remove_tree(staged)
+            fp32 = staged / ONNX_FILE
+            int8 = staged / "model.int8.onnx"
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+            int8.replace(fp32)
+            quantized_difference = _check(step, OnnxCausalLM(staged), probe, tokenizer)
+            if quantized_difference != quantized_difference:  # NaN
+                raise ExportError(f"{model_dir}: the int8 graph gives non-finite logits; nothing was written")
+        storage.write_json(staged / ENGINE_FILE, {"engine": "onnxruntime", "opset": opset, "source": str(model_dir),
+                                                  "source_fingerprint": source, "check_difference": difference,
+                                                  "quantization": quantize, "int8_difference": quantized_difference,
+                                                  "layers": layers, "kv_heads": heads, "head_dim": head_dim})
     log(f"ONNX check: max |logit difference| {difference:.3g} of the logits' scale (prompt and two more tokens)"
         + (f"; after int8 quantisation {quantized_difference:.3g}" if quantized_difference is not None else ""))
     return {"difference": difference, "opset": opset, "int8_difference": quantized_difference}
@@ -227,7 +210,5 @@ def load_onnx(folder: Path):
         import onnxruntime  # noqa: F401
     except ImportError:
         raise ExportError("ONNX Runtime is not installed: pip install -e \".[onnx]\"") from None
-    spec = PromptSpec.load(folder)
-    if not thinking_for(spec).token_prompted:
-        raise ExportError(f"{folder}: {spec.decode} decoding does not run in ONNX Runtime")
+    spec = token_prompted_spec(folder, "ONNX Runtime")
     return OnnxCausalLM(folder), AutoTokenizer.from_pretrained(folder), spec

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dartlm.engines import load_for_engine
+from dartlm.engines import ENGINES, load_for_engine
 from dartlm.eval.answers import score_answer
 from dartlm.eval.benchmarks import BenchmarkItem, load_benchmark
 from dartlm.eval.measure import machine_info, stopwatch, summarize
@@ -25,7 +25,6 @@ from dartlm.model.export import PromptSpec, model_fingerprint
 from dartlm.thinking import thinking_for
 from dartlm.storage import OutputLock, sha256_file, write_json, write_text
 
-ENGINES = ("torch", "onnxruntime", "llamacpp")
 STREAM_VERSION = 2  # 2: the model is identified by every file's sha256, the data by its whole content
 
 
