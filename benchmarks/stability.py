@@ -89,6 +89,11 @@ SETTINGS = {
     # The whole chain on a stronger base: whole-chain's CoT is at 94.5-97.5 on the shipped base and 39-51 on a base
     # of seed 1 built on an AVX2 machine (final LM loss 0.681 against 0.645), benchmarks/README.md.
     "whole-chain-strong": ["omit_last_step=false", "base_steps=9000"],
+    # The whole chain, with a separator the base already writes (ours). whole-chain-strong's CoT models on base 1
+    # wrote every step and the right result, then misspelt the separator ("Annerer: 9"): the base's tokenizer
+    # spells "Answer" in five pieces (its corpus never has the word), and the strict score needs it. "The result
+    # is" is three tokens of the base's own text ("... The result is 9.").
+    "whole-chain-worded": ["omit_last_step=false", "separator=The result is"],
 }
 BASE_SEEDS = (0, 1)
 SEEDS = (0, 1, 2)
@@ -327,6 +332,8 @@ def judge(out: Path, names: list[str]) -> dict:
                 row = summary["variants"][label]
                 for seed, acc, terms in zip(summary["seeds"], row["accuracy_per_seed"], row["final_terms_per_seed"]):
                     per_run[label].append({"base_seed": base_seed, "seed": seed, "accuracy": acc,
+                                           "flexible": flexible_accuracy(run_dir(out, name, base_seed), seed,
+                                                                         label, "val"),
                                            "final_loss": terms.get("loss")})
             settings = summary["settings"]
         else:
@@ -346,6 +353,15 @@ def judge(out: Path, names: list[str]) -> dict:
             "settings": rows, "chosen": chosen}
 
 
+def flexible_accuracy(folder: Path, seed: int, label: str, split: str) -> float | None:
+    """A job's flexible score (the last number of the output, whatever precedes it), beside the strict one that
+    the criterion uses: the two differ when a model writes the right result but not the separator before it."""
+    path = folder / f"seed-{seed}" / "scores" / f"{label}-{split}.json"
+    if not path.is_file():
+        return None
+    return 100 * json.loads(path.read_text(encoding="utf-8"))["accuracy"]["flexible"]
+
+
 def finished_runs(out: Path, names: list[str], stage: str = "regime") -> list[dict]:
     """Every finished (setting, base, seed, variant) result so far, whole settings or not (a run in progress)."""
     rows = []
@@ -355,22 +371,32 @@ def finished_runs(out: Path, names: list[str], stage: str = "regime") -> list[di
                 result = json.loads(path.read_text(encoding="utf-8"))
                 rows.append({"setting": name, "base_seed": base_seed, "seed": result["seed"],
                              "variant": result["label"], "accuracy": 100 * result["accuracy"],
+                             "flexible": flexible_accuracy(run_dir(out, name, base_seed, stage), result["seed"],
+                                                           result["label"], result["split"]),
                              "final_loss": result.get("final_terms", {}).get("loss")})
     return rows
 
 
 def partial_table(rows: list[dict]) -> str:
-    lines = ["| setting | base seed | seed | variant | accuracy % (the stage's split) | final train loss |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | base seed | seed | variant | accuracy % (the stage's split) | flexible % | final train loss |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['base_seed']} | {r['seed']} | {r['variant']} | {r['accuracy']:.1f} | "
-              f"{r['final_loss']:.3f} |" for r in rows]
+              f"{'–' if r['flexible'] is None else format(r['flexible'], '.1f')} | {r['final_loss']:.3f} |"
+              for r in rows]
     return "\n".join(lines)
 
 
 def table(result: dict) -> str:
-    lines = ["| setting | --set | No-CoT (mean ± std) | CoT (mean ± std) | gap | per (base, seed): No-CoT / CoT | "
-             "stable |", "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | --set | No-CoT (mean ± std) | CoT (mean ± std) | gap | per (base, seed): No-CoT / CoT "
+             "[CoT flexible, where it differs] | stable |", "|---|---|---|---|---|---|---|"]
+
+    def cot(run: dict) -> str:
+        flexible = run.get("flexible")
+        shown = f"{run['accuracy']:.1f}"
+        return shown if flexible is None or abs(flexible - run["accuracy"]) < 0.05 else f"{shown} [{flexible:.1f}]"
+
     for name, row in result["settings"].items():
-        runs = " ; ".join(f"b{n['base_seed']}s{n['seed']} {n['accuracy']:.1f}/{c['accuracy']:.1f}"
+        runs = " ; ".join(f"b{n['base_seed']}s{n['seed']} {n['accuracy']:.1f}/{cot(c)}"
                           for n, c in zip(row["nocot"]["runs"], row["cot"]["runs"]))
         lines.append(f"| {name} | {' '.join(row['assignments']) or '(defaults)'} | {row['nocot']['mean']:.1f} ± "
                      f"{row['nocot']['std']:.1f} | {row['cot']['mean']:.1f} ± {row['cot']['std']:.1f} | "

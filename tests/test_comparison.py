@@ -147,13 +147,43 @@ def test_a_setting_added_later_keeps_earlier_fingerprints_at_its_old_value():
 
     settings, variant = DemoSettings(), VARIANTS["cot"]
     # what a job written before omit_last_step existed recorded
-    before = {k: v for k, v in asdict(settings).items() if k not in UNTRACKED_SETTINGS and k != "omit_last_step"}
+    before = {k: v for k, v in asdict(settings).items()
+              if k not in UNTRACKED_SETTINGS and k not in ("omit_last_step", "separator")}
     old = digest({"settings": before, "variant": asdict(variant), "split": "val", "data": "d", "base": "b"})
     assert job_fingerprint(settings, variant, "val", "d", "b") == old
     whole_chain = replace(settings, omit_last_step=False)
     assert job_fingerprint(whole_chain, variant, "val", "d", "b") != old
     config = method_config(whole_chain, "cot", Path("data"), Path("run"), Path("base"), 10)
     assert config.data.omit_last_step is False
+    worded = replace(settings, separator="The result is")
+    assert job_fingerprint(worded, variant, "val", "d", "b") != old
+    assert method_config(worded, "cot", Path("data"), Path("run"), Path("base"), 10).method.separator == \
+        "The result is"
+
+
+def test_the_separator_setting_reaches_the_data_tokenizer_and_refuses_bad_text(tmp_path):
+    from dataclasses import replace
+
+    from dartlm.config import ConfigError
+    from dartlm.experiments.data import check_data, data_identity, prepare_data
+    from dartlm.experiments.settings import DemoSettings, apply_settings
+
+    settings = apply_settings(DemoSettings.quick(), ["separator=The result is", "n_train=60", "vocab_size=300"])
+    assert settings.separator == "The result is"
+    assert "separator" not in data_identity(replace(settings, separator="Answer:"))  # older folders stay valid
+    prepare_data(settings, tmp_path / "data")
+    check_data(settings, tmp_path / "data")
+    with pytest.raises(ConfigError, match="separator"):  # a folder made for one separator is not reused for another
+        check_data(replace(settings, separator="Answer:"), tmp_path / "data")
+    for bad in ("   ", "Step 3:"):
+        with pytest.raises(ConfigError, match="method.separator must be non-blank text without digits"):
+            method_config_for(replace(settings, separator=bad))
+
+
+def method_config_for(settings):
+    from dartlm.experiments.settings import method_config
+
+    return method_config(settings, "cot", Path("data"), Path("run"), Path("base"), 10)
 
 
 def test_a_comparison_says_when_its_jobs_ran_on_several_machines():

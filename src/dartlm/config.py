@@ -243,6 +243,10 @@ class Config:
         if not (0 <= m.distill_start <= 1 and 0 <= m.distill_ramp <= 1):
             raise ConfigError(f"{where}: method.distill_start and method.distill_ramp are fractions of training in "
                               f"[0, 1], got {m.distill_start} and {m.distill_ramp}")
+        if not m.separator.strip() or any(ch.isdigit() for ch in m.separator):
+            # the strict score reads the answer right after the last separator: it must be visible text without
+            # digits (a digit in it would be read as part of an answer)
+            raise ConfigError(f"{where}: method.separator must be non-blank text without digits, got {m.separator!r}")
         if m.collapse_warning_spread < 0:
             raise ConfigError(f"{where}: method.collapse_warning_spread must be >= 0, got {m.collapse_warning_spread}")
         if m.distill_grad == "student" and m.name == "dart" and not self.rem.enabled:

@@ -16,7 +16,10 @@ DATA_FIELDS = ("task_steps", "max_value", "operations", "n_train", "n_val", "n_t
 
 
 def data_identity(settings: DemoSettings) -> dict:
-    return {name: getattr(settings, name) for name in DATA_FIELDS}
+    identity = {name: getattr(settings, name) for name in DATA_FIELDS}
+    if settings.separator != DemoSettings.separator:  # the tokenizer's text; folders of the default predate it
+        identity["separator"] = settings.separator
+    return identity
 
 
 def prepare_data(settings: DemoSettings, data_dir: Path) -> dict[str, list]:
@@ -34,7 +37,7 @@ def prepare_data(settings: DemoSettings, data_dir: Path) -> dict[str, list]:
     try:
         for name, examples in splits.items():
             write_icot(examples, staged / f"{name}.txt")
-        texts = [f"{e.question} {e.cot} Answer: {e.answer}" for e in splits["train"]]
+        texts = [f"{e.question} {e.cot} {settings.separator} {e.answer}" for e in splits["train"]]
         train_tokenizer(texts, vocab_size=settings.vocab_size).save_pretrained(staged / "tokenizer")
         write_json(staged / DATA_MANIFEST, {"settings": data_identity(settings), "files": file_hashes(staged)})
         replace_folder(staged, data_dir)
@@ -56,7 +59,7 @@ def check_data(settings: DemoSettings, data_dir: Path) -> str:
         raise ConfigError(f"{data_dir}: not a data folder written by this version of dartlm (no readable "
                           f"{DATA_MANIFEST}); use another --output-dir or delete it") from None
     wanted = data_identity(settings)
-    differing = [k for k in wanted if made_from.get(k) != wanted[k]]
+    differing = sorted(k for k in set(wanted) | set(made_from) if made_from.get(k) != wanted.get(k))
     if differing:
         raise ConfigError(f"{data_dir}: holds data made with other settings ({', '.join(differing)} differ); use "
                           "another --output-dir")

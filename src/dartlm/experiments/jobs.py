@@ -89,7 +89,7 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
 UNTRACKED_SETTINGS = ("save_every", "methods")
 # Settings added after results were written, at the value every earlier job ran with: left out of the fingerprint
 # at that value, so that those results stay valid (and are not mixed with results of another value).
-LATER_SETTINGS = {"omit_last_step": True}
+LATER_SETTINGS = {"omit_last_step": True, "separator": "Answer:"}
 
 
 def job_fingerprint(settings: DemoSettings, variant: Variant, split: str, data: str, base: str) -> str:

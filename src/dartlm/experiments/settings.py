@@ -58,6 +58,11 @@ class DemoSettings:
     # writes all but the last step and computes that one in the pass that writes the answer. False (ours): the
     # whole chain is written, and the answer is copied from its last step.
     omit_last_step: bool = True
+    # The text between the reasoning (or the thoughts) and the answer, which a CoT model writes itself and the
+    # strict score reads the answer after. "Answer:" (the default) is what the paper's prompts say. Ours: another
+    # one, e.g. "The result is", which the general arithmetic base already writes (its tokenizer has no token for
+    # "Answer", so a CoT model must spell it from five pieces, and some fine-tuned bases misspell it).
+    separator: str = "Answer:"
     rem_rank: int = 32
     rem_alpha: float = 8.0  # alpha / d = 0.25, the paper's ratio (32 / 128)
     distill_weight: float = 20.0
@@ -160,6 +165,7 @@ def method_config(settings: DemoSettings, method: str, data_dir: Path, run_dir: 
     config.rem.rank, config.rem.alpha = settings.rem_rank, settings.rem_alpha
     config.method = MethodConfig(name=method)
     config.method.num_thought_tokens = settings.num_thought_tokens
+    config.method.separator = settings.separator
     config.method.distill_weight = settings.distill_weight
     config.method.distill_grad = settings.distill_grad
     config.method.distill_start, config.method.distill_ramp = settings.distill_start, settings.distill_ramp
