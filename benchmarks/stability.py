@@ -94,6 +94,10 @@ SETTINGS = {
     # spells "Answer" in five pieces (its corpus never has the word), and the strict score needs it. "The result
     # is" is three tokens of the base's own text ("... The result is 9.").
     "whole-chain-worded": ["omit_last_step=false", "separator=The result is"],
+    # Both: the stronger base (whose CoT models read the operands right on base 1, 97-99 % flexible) and the
+    # separator it can write. On the 3,000-step base 1 the CoT errors are misread operands with the separator
+    # spelt right (whole-chain, seed 0: strict = flexible = 44.0), which a separator cannot fix.
+    "whole-chain-strong-worded": ["omit_last_step=false", "base_steps=9000", "separator=The result is"],
 }
 BASE_SEEDS = (0, 1)
 SEEDS = (0, 1, 2)
