@@ -405,7 +405,9 @@ def table(result: dict) -> str:
         lines.append(f"| {name} | {' '.join(row['assignments']) or '(defaults)'} | {row['nocot']['mean']:.1f} ± "
                      f"{row['nocot']['std']:.1f} | {row['cot']['mean']:.1f} ± {row['cot']['std']:.1f} | "
                      f"{row['gap']:.1f} | {runs} | {'yes' if row['stable'] else 'no'} |")
-    lines += ["", f"Chosen: {result['chosen'] or 'none (no setting met the criterion)'}."]
+    unchosen = "none (no setting met the criterion)" if result["settings"] else \
+        "none judged (no setting has finished on both bases)"
+    lines += ["", f"Chosen: {result['chosen'] or unchosen}."]
     return "\n".join(lines)
 
 
