@@ -261,7 +261,7 @@ def reuse_regime_jobs(out: Path, name: str, stage: str, labels: list[str], seeds
     for base_seed in BASE_SEEDS:
         for seed in seeds:
             for label in set(labels) & set(STAGES["regime"]):
-                for kind, suffix in (("results", "-val.json"), ("scores", "-val.jsonl")):
+                for kind, suffix in (("results", "-val.json"), ("scores", "-val.jsonl"), ("scores", "-val.json")):
                     source = run_dir(out, name, base_seed) / f"seed-{seed}" / kind / f"{label}{suffix}"
                     target = run_dir(out, name, base_seed, stage) / f"seed-{seed}" / kind / f"{label}{suffix}"
                     if source.is_file() and not target.exists():
