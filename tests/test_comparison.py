@@ -170,6 +170,10 @@ def test_the_separator_setting_reaches_the_data_tokenizer_and_refuses_bad_text(t
 
     settings = apply_settings(DemoSettings.quick(), ["separator=The result is", "n_train=60", "vocab_size=300"])
     assert settings.separator == "The result is"
+    # text as given, where YAML would read a mapping, a comment or a quoted string
+    for given, read in (("Answer:", "Answer:"), ("####", "####"), ("The answer is:", "The answer is:"),
+                        ('"Answer:"', "Answer:")):
+        assert apply_settings(DemoSettings(), [f"separator={given}"]).separator == read
     assert "separator" not in data_identity(replace(settings, separator="Answer:"))  # older folders stay valid
     prepare_data(settings, tmp_path / "data")
     check_data(settings, tmp_path / "data")

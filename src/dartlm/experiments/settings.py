@@ -106,7 +106,10 @@ def apply_settings(settings: DemoSettings, assignments: list[str] | tuple[str, .
         if name not in hints:
             raise ConfigError(f"--set {assignment!r}: unknown demo setting {name!r}; known: {', '.join(hints)}")
         try:
-            value = yaml.safe_load(text)
+            # a text field takes the text as given (YAML would read "Answer:" as a mapping and "####" as a
+            # comment), unless it is quoted
+            quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+            value = text.strip() if hints[name] is str and not quoted else yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {assignment!r}: invalid value: {str(err).splitlines()[0]}") from None
         if name == "methods":
