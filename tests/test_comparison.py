@@ -166,7 +166,7 @@ def test_the_separator_setting_reaches_the_data_tokenizer_and_refuses_bad_text(t
 
     from dartlm.config import ConfigError
     from dartlm.experiments.data import check_data, data_identity, prepare_data
-    from dartlm.experiments.settings import DemoSettings, apply_settings
+    from dartlm.experiments.settings import DemoSettings, apply_settings, method_config
 
     settings = apply_settings(DemoSettings.quick(), ["separator=The result is", "n_train=60", "vocab_size=300"])
     assert settings.separator == "The result is"
@@ -181,13 +181,7 @@ def test_the_separator_setting_reaches_the_data_tokenizer_and_refuses_bad_text(t
         check_data(replace(settings, separator="Answer:"), tmp_path / "data")
     for bad in ("   ", "Step 3:"):
         with pytest.raises(ConfigError, match="method.separator must be non-blank text without digits"):
-            method_config_for(replace(settings, separator=bad))
-
-
-def method_config_for(settings):
-    from dartlm.experiments.settings import method_config
-
-    return method_config(settings, "cot", Path("data"), Path("run"), Path("base"), 10)
+            method_config(replace(settings, separator=bad), "cot", Path("data"), Path("run"), Path("base"), 10)
 
 
 def test_a_comparison_says_when_its_jobs_ran_on_several_machines():

@@ -7,19 +7,18 @@ import json
 from pathlib import Path
 
 from dartlm.data.synthetic import SyntheticTask, generate_splits, write_icot
-from dartlm.experiments.settings import DemoSettings
+from dartlm.experiments.settings import DemoSettings, identity
 from dartlm.model.tiny import train_tokenizer
 
 DATA_MANIFEST = "dartlm_data.json"
 # The settings the generated data depend on; a data folder made under others is never reused.
-DATA_FIELDS = ("task_steps", "max_value", "operations", "n_train", "n_val", "n_test", "vocab_size", "seed")
+# (separator: the tokenizer's training text)
+DATA_FIELDS = ("task_steps", "max_value", "operations", "n_train", "n_val", "n_test", "vocab_size", "seed",
+               "separator")
 
 
 def data_identity(settings: DemoSettings) -> dict:
-    identity = {name: getattr(settings, name) for name in DATA_FIELDS}
-    if settings.separator != DemoSettings.separator:  # the tokenizer's text; folders of the default predate it
-        identity["separator"] = settings.separator
-    return identity
+    return identity(settings, DATA_FIELDS)
 
 
 def prepare_data(settings: DemoSettings, data_dir: Path) -> dict[str, list]:

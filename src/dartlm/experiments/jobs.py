@@ -20,7 +20,7 @@ from pathlib import Path
 from dartlm.config import ConfigError
 from dartlm.experiments.data import check_data, prepare_data
 from dartlm.experiments.report import comparison_table, plot_comparison, summarize_comparison
-from dartlm.experiments.settings import DemoSettings, method_config, shared_base
+from dartlm.experiments.settings import DemoSettings, identity, method_config, shared_base
 from dartlm.experiments.variants import Variant
 from dartlm.storage import OutputLock, digest, write_json, write_text
 
@@ -87,15 +87,11 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
 
 # Settings that change how a run is saved or which methods a demo runs, not what a job trains.
 UNTRACKED_SETTINGS = ("save_every", "methods")
-# Settings added after results were written, at the value every earlier job ran with: left out of the fingerprint
-# at that value, so that those results stay valid (and are not mixed with results of another value).
-LATER_SETTINGS = {"omit_last_step": True, "separator": "Answer:"}
 
 
 def job_fingerprint(settings: DemoSettings, variant: Variant, split: str, data: str, base: str) -> str:
     """What a job's result depends on: the settings, the variant, the split, the data and the base model."""
-    tracked = {k: v for k, v in asdict(settings).items()
-               if k not in UNTRACKED_SETTINGS and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+    tracked = identity(settings, [k for k in asdict(settings) if k not in UNTRACKED_SETTINGS])
     return digest({"settings": tracked, "variant": asdict(variant), "split": split, "data": data, "base": base})
 
 

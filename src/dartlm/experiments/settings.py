@@ -83,6 +83,18 @@ class DemoSettings:
                    lora_rank=8, lora_alpha=2.0)
 
 
+# Settings added after results or data folders were written, at the value every earlier one was made with: an
+# identity (a job's fingerprint, a data folder's manifest) leaves them out at that value, so that what was written
+# before stays valid and is never mixed with what another value makes.
+LATER_SETTINGS = {"omit_last_step": True, "separator": "Answer:"}
+
+
+def identity(settings: DemoSettings, names) -> dict:
+    """The named settings' values, without those still at their LATER_SETTINGS value."""
+    return {name: getattr(settings, name) for name in names
+            if not (name in LATER_SETTINGS and getattr(settings, name) == LATER_SETTINGS[name])}
+
+
 def apply_settings(settings: DemoSettings, assignments: list[str] | tuple[str, ...]) -> DemoSettings:
     """The settings with `field=value` assignments applied (`--set` on the command line).
 
