@@ -30,9 +30,15 @@ thread each, and drops the settings that cannot pass (SCREEN_FLOOR below); the f
 
 Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
 checkpoints resume the unfinished ones). A study longer than one machine's life keeps its finished jobs with
-`--archive DIR` (each job's result and per-item scores, a few kB, e.g. committed under benchmarks/results/) and
-puts them back on another machine with `--restore DIR` before the same command: a restored job whose settings,
-data or base differ there is refused by its fingerprint, never mixed in. The shipped base is the same everywhere,
+`--archive DIR` (each job's result and per-item scores, a few kB, and the bases the study fine-tunes, 4.4 MB each
+with their hashes; e.g. committed under benchmarks/results/) and puts them back on another machine with `--restore
+DIR` before the same command: a restored job whose settings, data or base differ there is refused by its
+fingerprint, never mixed in. A base rebuilt, even on the same machine, is another base (its build note differs), so
+a study without its archived bases starts again.
+
+The dart stage can save runs with `--eliminate` (run_eliminating): one (base, seed) at a time, a candidate dropped
+once it has lost a run, which it cannot make up; `--candidates` names those to train. The verdict is the full
+stage's; run one process per base (`--base-seeds 1` and `--base-seeds 0`, `--workers 1`) to use both cores. The shipped base is the same everywhere,
 but fine-tuning rounds as the machine does: every job records its machine (CPU and vector instructions), and a
 comparison whose jobs ran on several machines says so under its table.
 """
@@ -48,8 +54,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from dartlm.experiments.jobs import run_comparison
-from dartlm.experiments.settings import DemoSettings, apply_settings, shared_base
+from dartlm.experiments.report import answer_variety
+from dartlm.experiments.settings import DemoSettings, apply_settings, base_spec, shared_base
 from dartlm.experiments.variants import resolve_variants
+from dartlm.model.base_lm import BASE_FILE, install_base, is_built, ship_base
 
 # Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
 SETTINGS = {
@@ -155,38 +163,86 @@ def per_run(out: Path, name: str, stage: str, labels: list[str]) -> dict[str, li
     return runs
 
 
+def dart_results(out: Path, name: str) -> dict[tuple[int, int], dict[str, dict]]:
+    """The dart stage's finished jobs: (base seed, seed) -> variant -> its result, read from the result files (the
+    stage may train one (base, seed) at a time, `--eliminate`, so no comparison.json holds them all)."""
+    runs: dict[tuple[int, int], dict[str, dict]] = {}
+    for base_seed in BASE_SEEDS:
+        folder = run_dir(out, name, base_seed, "dart")
+        for path in sorted(folder.glob("seed-*/results/*-val.json")):
+            result = json.loads(path.read_text(encoding="utf-8"))
+            scores = folder / f"seed-{result['seed']}" / "scores" / f"{result['label']}-val.jsonl"
+            result["variety"] = answer_variety(scores)
+            runs.setdefault((base_seed, result["seed"]), {})[result["label"]] = result
+    return runs
+
+
+def lost_runs(runs: dict[tuple[int, int], dict[str, dict]]) -> dict[str, list[str]]:
+    """For each DART candidate, the finished runs on which it did not beat max(No-CoT, PauseFT): one is enough to
+    put it out, whatever its other runs give."""
+    lost: dict[str, list[str]] = {}
+    for (base_seed, seed), jobs in sorted(runs.items()):
+        if "nocot" in jobs and "pause" in jobs:
+            reference = max(jobs["nocot"]["accuracy"], jobs["pause"]["accuracy"])
+            for label in DART_CANDIDATES:
+                if label in jobs and jobs[label]["accuracy"] <= reference:
+                    lost.setdefault(label, []).append(f"b{base_seed}s{seed}")
+    return lost
+
+
 def judge_dart(out: Path, name: str) -> dict | None:
-    """The DART candidate chosen on validation by the rule in the module docstring."""
-    runs = per_run(out, name, "dart", STAGES["dart"])
-    if runs is None:
+    """The DART candidate chosen on validation by the rule in the module docstring; None before any run.
+
+    The verdict is final once every candidate trained here has lost a run (none is chosen) or has all six runs;
+    until then `decided` is False and `chosen` None.
+    """
+    runs = dart_results(out, name)
+    if not runs:
         return None
-    reference = [max(n["accuracy"], p["accuracy"]) for n, p in zip(runs["nocot"], runs["pause"])]
+    order = [(b, s) for b in BASE_SEEDS for s in SEEDS]
+    reference = {run: 100 * max(jobs["nocot"]["accuracy"], jobs["pause"]["accuracy"])
+                 for run, jobs in runs.items() if "nocot" in jobs and "pause" in jobs}
+    lost = lost_runs(runs)
     rows = {}
     for label in STAGES["dart"]:
-        accs = [r["accuracy"] for r in runs[label]]
-        margins = [a - ref for a, ref in zip(accs, reference)]
-        rows[label] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs), "per_run": accs,
-                       "min_margin": min(margins), "wins_every_run": min(margins) > 0,
-                       "terms": [r["terms"] for r in runs[label]], "variety": [r["variety"] for r in runs[label]]}
-    winners = [c for c in DART_CANDIDATES if rows[c]["wins_every_run"]]
+        done = [run for run in order if label in runs.get(run, {})]
+        if not done:
+            continue
+        accs = [100 * runs[run][label]["accuracy"] for run in done]
+        margins = [acc - reference[run] for run, acc in zip(done, accs) if run in reference]
+        rows[label] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                       "per_run": dict(zip((f"b{b}s{s}" for b, s in done), accs)),
+                       "min_margin": min(margins) if margins else None, "lost_on": lost.get(label, []),
+                       "wins_every_run": len(margins) == len(order) and min(margins) > 0,
+                       "terms": [runs[run][label].get("final_terms") for run in done],
+                       "variety": [runs[run][label]["variety"] for run in done]}
+    candidates = [c for c in DART_CANDIDATES if c in rows]
+    decided = bool(candidates) and all(rows[c]["lost_on"] or rows[c]["wins_every_run"] for c in candidates)
+    winners = [c for c in candidates if rows[c]["wins_every_run"]]
     chosen = None
-    if winners:
+    if decided and winners:
         best = max(rows[c]["min_margin"] for c in winners)
         close = [c for c in winners if rows[c]["min_margin"] >= best - 1.0]
         chosen = "dart" if "dart" in close else max(close, key=lambda c: rows[c]["min_margin"])
-    return {"setting": name, "variants": rows, "chosen": chosen,
-            "runs": [f"b{r['base_seed']}s{r['seed']}" for r in runs["nocot"]]}
+    return {"setting": name, "variants": rows, "chosen": chosen, "decided": decided,
+            "candidates_trained": candidates, "runs": [f"b{b}s{s}" for b, s in order if (b, s) in runs]}
 
 
 def dart_table(result: dict) -> str:
     lines = [f"Validation, setting {result['setting']}, runs {', '.join(result['runs'])} (b: base seed, s: seed).", "",
-             "| variant | mean ± std | per run | smallest margin over max(No-CoT, PauseFT) | wins every run |",
-             "|---|---|---|---|---|"]
+             "| variant | mean ± std | per run | smallest margin over max(No-CoT, PauseFT) | lost on "
+             "| wins every run |",
+             "|---|---|---|---|---|---|"]
     for label, row in result["variants"].items():
+        margin = "–" if row["min_margin"] is None else f"{row['min_margin']:+.1f}"
         lines.append(f"| {label} | {row['mean']:.1f} ± {row['std']:.1f} | "
-                     f"{' / '.join(f'{a:.1f}' for a in row['per_run'])} | {row['min_margin']:+.1f} | "
-                     f"{'yes' if row['wins_every_run'] else 'no'} |")
-    lines += ["", f"Chosen: {result['chosen'] or 'none (no candidate beat No-CoT and PauseFT on every run)'}."]
+                     f"{' / '.join(f'{run} {a:.1f}' for run, a in row['per_run'].items())} | {margin} | "
+                     f"{', '.join(row['lost_on']) or '–'} | {'yes' if row['wins_every_run'] else 'no'} |")
+    if not result["decided"]:
+        verdict = "not decided yet (a candidate trained here has neither lost a run nor finished all six)."
+    else:
+        verdict = result["chosen"] or "none (no candidate beat No-CoT and PauseFT on every run)."
+    lines += ["", f"Candidates trained here: {', '.join(result['candidates_trained']) or 'none'}. Chosen: {verdict}"]
     return "\n".join(lines)
 
 
@@ -231,18 +287,32 @@ def job_files(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*/base-*/seed-*/results/*.json"), *folder.glob("*/base-*/seed-*/scores/*.jsonl")])
 
 
-def archive(out: Path, to: Path) -> int:
-    """Copy every finished job of the study into `to` (same relative paths)."""
+def archive(out: Path, to: Path, names: list[str]) -> int:
+    """Copy every finished job of the study into `to` (same relative paths), and the bases its settings fine-tune
+    into `to`/bases (4.4 MB each, with the sha256 of every file): without them a new machine would rebuild the
+    bases, which are other bases there, and every archived job would be refused."""
     files = job_files(out)
     for path in files:
         target = to / path.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
+    for name in names:
+        for base_seed in BASE_SEEDS:
+            settings = setting(name, base_seed, 0)
+            if not settings.base_steps:
+                continue
+            built = base_spec(settings).folder()
+            kept = to / "bases" / built.name / BASE_FILE
+            if is_built(built) and not (kept.is_file() and kept.read_bytes() == (built / BASE_FILE).read_bytes()):
+                ship_base(base_spec(settings), built, to / "bases")
     return len(files)
 
 
 def restore(archived: Path, out: Path) -> int:
-    """Put archived jobs back into a study folder; a job already there is left as it is."""
+    """Put archived jobs back into a study folder, and archived bases into the cache; a job or a base already there
+    is left as it is (another build of an archived base in the cache is refused: install_base)."""
+    for base in sorted((archived / "bases").glob("*/")):
+        install_base(base)
     restored = 0
     for path in job_files(archived):
         target = out / path.relative_to(archived)
@@ -319,6 +389,29 @@ def run(out: Path, names: list[str], seeds: list[int], workers: int, save_every:
             print(f"== {name}, base seed {base_seed}: {' '.join(SETTINGS[name]) or 'the demo defaults'}", flush=True)
             run_comparison(variants, settings, seeds, run_dir(out, name, base_seed, stage), workers=workers,
                            latency_items=0, split="test" if stage == "test" else "val", threads=threads)
+
+
+def run_eliminating(out: Path, name: str, seeds: list[int], base_seeds: tuple[int, ...], candidates: list[str],
+                    workers: int, save_every: int, threads: int | None) -> None:
+    """The dart stage one (base, seed) at a time, in the order given: No-CoT and PauseFT first, then the candidates
+    that have not lost a finished run yet (lost_runs; runs finished by another process on another base count too).
+    It stops when no candidate is left. This only saves runs: a candidate that lost one run cannot pass the rule,
+    so the verdict is the full stage's. Two processes, one per base, keep both cores busy."""
+    for base_seed in base_seeds:
+        settings = setting(name, base_seed, save_every)
+        folder = run_dir(out, name, base_seed, "dart")
+        for seed in seeds:
+            alive = [c for c in candidates if c not in lost_runs(dart_results(out, name))]
+            if not alive:
+                print(f"== {name}: every candidate has lost a run ({lost_runs(dart_results(out, name))}); stopping")
+                return
+            print(f"== {name}, base seed {base_seed}, seed {seed}: No-CoT, PauseFT, then {', '.join(alive)}",
+                  flush=True)
+            for labels in (["nocot", "pause"], None):
+                labels = labels or [c for c in candidates if c not in lost_runs(dart_results(out, name))]
+                if labels:
+                    run_comparison(resolve_variants(labels), settings, [seed], folder, workers=workers,
+                                   latency_items=0, split="val", threads=threads)
 
 
 def judge(out: Path, names: list[str]) -> dict:
@@ -420,6 +513,11 @@ def main() -> None:
     parser.add_argument("--dart", help=f"the test stage's DART candidate, one of {', '.join(DART_CANDIDATES)}")
     parser.add_argument("--archive", help="after the stage, copy every finished job of the study into this folder")
     parser.add_argument("--restore", help="before the stage, put the jobs archived in this folder back")
+    parser.add_argument("--eliminate", action="store_true",
+                        help="dart stage: one (base, seed) at a time, dropping a candidate once it has lost a run "
+                             "(the verdict is unchanged; run_eliminating)")
+    parser.add_argument("--candidates", default=",".join(DART_CANDIDATES),
+                        help="dart stage with --eliminate: the candidates to train (default: all)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int,
                         help="threads per job (default: 1 with several workers, else 2). Results do not record it: "
@@ -444,11 +542,19 @@ def main() -> None:
     if not args.report:
         if args.stage == "screen":
             screen(out, names, args.workers, args.save_every)
+        elif args.eliminate:
+            if args.stage != "dart":
+                parser.error("--eliminate is for the dart stage")
+            unknown = sorted(set(args.candidates.split(",")) - set(DART_CANDIDATES))
+            if unknown:
+                parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(DART_CANDIDATES)}")
+            run_eliminating(out, names[0], seeds, tuple(int(b) for b in args.base_seeds.split(",")),
+                            args.candidates.split(","), args.workers, args.save_every, args.threads)
         else:
             run(out, names, seeds, args.workers, args.save_every, args.stage, args.dart, args.threads,
                 tuple(int(b) for b in args.base_seeds.split(",")))
     if args.archive:
-        print(f"archived {archive(out, Path(args.archive))} finished job file(s) into {args.archive}")
+        print(f"archived {archive(out, Path(args.archive), names)} finished job file(s) into {args.archive}")
     if args.stage == "screen":
         result = screened(out, names)
         text = screen_table(result)

@@ -130,3 +130,33 @@ def test_the_shipped_base_is_installed_without_building_and_a_tampered_one_is_re
         handle.write(b"\x00\x00\x00\x01")
     with pytest.raises(base_lm.ShippedBaseError, match="model.safetensors"):
         ensure_base(spec, shipped=True, log=messages.append)
+
+
+def test_an_archived_base_is_installed_once_and_another_build_in_the_cache_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from dartlm.model import base_lm
+    from dartlm.storage import file_hashes
+
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+    spec = BaseModelSpec(layers=1, hidden=32, heads=2, vocab_size=300, lines=2000, steps=3, batch_size=4, seq_len=32)
+    built = ensure_base(spec, log=lambda *_: None)
+    archived = base_lm.ship_base(spec, built, tmp_path / "archive" / "bases")
+    shutil.rmtree(built)
+    messages = []
+    folder = base_lm.install_base(archived, log=messages.append)
+    assert folder == spec.folder() and file_hashes(folder) == file_hashes(archived)
+    assert len(messages) == 1 and "installed" in messages[0]
+    assert base_lm.install_base(archived, log=messages.append) == folder and len(messages) == 1  # already there
+    # Another build of the same settings in the cache (its build note differs) is not replaced.
+    note = folder / BASE_FILE
+    note.write_text(note.read_text().replace('"train_s"', '"train_s_other"'))
+    with pytest.raises(base_lm.ShippedBaseError, match="another build"):
+        base_lm.install_base(archived, log=messages.append)
+    # An archive whose files changed is refused, naming the file.
+    shutil.rmtree(folder)
+    with open(archived / "model.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x00\x01")
+    with pytest.raises(base_lm.ShippedBaseError, match="model.safetensors"):
+        base_lm.install_base(archived, log=messages.append)

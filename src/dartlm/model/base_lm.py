@@ -136,16 +136,46 @@ def ensure_base(spec: BaseModelSpec, *, rebuild: bool = False, shipped: bool = F
             raise ShippedBaseError(f"no base is shipped for these settings ({folder.name}); shipped: "
                                    f"{', '.join(p.name for p in SHIPPED_DIR.glob('*')) or 'none'}")
         if source is not None and not rebuild:
-            record = verify_shipped(source)
-            staged = staging_folder(folder)
-            try:
-                shutil.copytree(source, staged, dirs_exist_ok=True)
-                replace_folder(staged, folder)
-            finally:
-                shutil.rmtree(staged, ignore_errors=True)
+            record = _copy_checked(source, folder)
             log(f"base model: the one shipped with dartlm ({source.name}, content {record['content']})")
             return folder
         return build_base(spec, folder, log=log)
+
+
+def _copy_checked(source: Path, folder: Path) -> dict:
+    """Check a shipped (or archived) base against its hashes, then publish it at folder in one rename."""
+    record = verify_shipped(source)
+    staged = staging_folder(folder)
+    try:
+        shutil.copytree(source, staged, dirs_exist_ok=True)
+        replace_folder(staged, folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return record
+
+
+def install_base(source: Path, *, log=print) -> Path:
+    """Put a base written by `ship_base` somewhere else than the package (e.g. a study's archive) into the cache.
+
+    A study that outlives its machine keeps its bases this way: a base rebuilt elsewhere, or even here, is another
+    base (its build note differs), and the study's finished jobs would be refused by their fingerprints. A cache
+    that already holds the same build is left as it is; one that holds another build of the same settings is
+    refused rather than replaced, since jobs already run on it would then be mixed with jobs on the archived one.
+    """
+    record = json.loads((source / SHIPPED_FILE).read_text(encoding="utf-8"))
+    spec = BaseModelSpec(**{**record["spec"], "text": ArithmeticText(**record["spec"]["text"])})
+    folder = spec.folder()
+    if folder.name != source.name:
+        raise ShippedBaseError(f"{source}: its settings make the folder {folder.name}, not {source.name}")
+    with OutputLock(folder, "base model", wait=True):
+        if is_built(folder):
+            if (folder / BASE_FILE).read_bytes() != (source / BASE_FILE).read_bytes():
+                raise ShippedBaseError(f"{folder}: the cache holds another build of this base than {source} (the "
+                                       f"build notes differ); move it away to install the archived one")
+            return folder
+        record = _copy_checked(source, folder)
+    log(f"base model: installed {source.name} from {source.parent} (content {record['content']})")
+    return folder
 
 
 def build_base(spec: BaseModelSpec, folder: Path, *, log=print) -> Path:
