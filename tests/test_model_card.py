@@ -31,14 +31,19 @@ def card_snippet(card: str) -> str:
     return blocks[0]
 
 
-def run_snippet(code: str, folder, question: str) -> str:
-    """The card's code with another question, in a fresh interpreter without dartlm, in the exported folder."""
-    code = re.sub(r"^question = .*$", f"question = {question!r}", code, count=1, flags=re.M)
+def run_snippet(code: str, folder, questions: list[str]) -> list[str]:
+    """The card's code run once per question (each time with that question), in one fresh interpreter without
+    dartlm, in the exported folder; the last line it printed for each."""
+    end = "<<end of snippet>>"
+    runs = [re.sub(r"^question = .*$", f"question = {q!r}", code, count=1, flags=re.M) + f"\nprint({end!r})\n"
+            for q in questions]
     guard = "\nimport sys\nassert not any(m.startswith('dartlm') for m in sys.modules), 'dartlm was imported'\n"
-    result = subprocess.run([sys.executable, "-c", code + guard], cwd=folder, capture_output=True, text=True,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300)
+    result = subprocess.run([sys.executable, "-c", "".join(runs) + guard], cwd=folder, capture_output=True,
+                            text=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.splitlines()[-1] if result.stdout.strip() else ""
+    printed = result.stdout.split(end + "\n")[:-1]
+    assert len(printed) == len(questions), result.stdout[-2000:]
+    return [part.splitlines()[-1] if part.strip() else "" for part in printed]
 
 
 @pytest.mark.parametrize("method", ["dart", "cot", "nocot", "pause", "coconut", "codi", "quiet-star"])
@@ -55,9 +60,8 @@ def test_the_cards_snippet_answers_as_dartlm_does(method, tmp_path, train_file):
     assert "Tom has" in card  # the snippet asks a training question
     assert "steps of 8 x 1 examples" in card and "Not evaluated" in card
     model, tokenizer, spec = load_exported(out)
-    for question in QUESTIONS:
-        expected = generate_answers(model, tokenizer, spec, [question])[0]
-        assert run_snippet(card_snippet(card), out, question) == expected
+    expected = [generate_answers(model, tokenizer, spec, [question])[0] for question in QUESTIONS]
+    assert run_snippet(card_snippet(card), out, QUESTIONS) == expected
 
 
 def test_results_given_at_export_fill_the_evaluation_table(tmp_path, train_file):

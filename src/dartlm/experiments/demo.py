@@ -25,7 +25,6 @@ from dartlm.exports.run import export_run, write_run_card
 from dartlm.storage import OutputLock, write_json, write_text
 from dartlm.training.run import train
 
-LATENCY_ITEMS = 100  # questions timed side by side, at batch size 1
 SHOWN_ANSWERS = 4  # evaluated questions printed with every method's answer
 
 
@@ -68,7 +67,7 @@ def _run_demo(settings: DemoSettings, out_dir: Path, eval_split: str, log) -> di
         result["label"] = method
         results.append(result)
     timed = interleaved_latency({r["label"]: out_dir / "models" / r["label"] for r in results},
-                                [e.question for e in splits[eval_split][:LATENCY_ITEMS]], log=log)
+                                [e.question for e in splits[eval_split][:settings.latency_items]], log=log)
     for result in results:
         result["latency_ms"] = timed["variants"][result["label"]]["latency_ms"]
     table = demo_table(results)

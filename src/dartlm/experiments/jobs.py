@@ -86,7 +86,7 @@ def run_comparison(variants: list[Variant], settings: DemoSettings, seeds: list[
 
 
 # Settings that change how a run is saved or which methods a demo runs, not what a job trains.
-UNTRACKED_SETTINGS = ("save_every", "methods")
+UNTRACKED_SETTINGS = ("save_every", "methods", "latency_items")
 
 
 def job_fingerprint(settings: DemoSettings, variant: Variant, split: str, data: str, base: str) -> str:

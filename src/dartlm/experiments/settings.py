@@ -73,6 +73,9 @@ class DemoSettings:
     seed: int = 0
     # > 0: a checkpoint every this many steps, from which `dartlm compare` resumes a killed run (long benchmarks).
     save_every: int = 0
+    # Questions of the evaluated split that `dartlm demo` times side by side at batch size 1 (not a training
+    # setting: no job's result depends on it).
+    latency_items: int = 100
     methods: tuple[str, ...] = METHODS
 
     @classmethod
@@ -80,7 +83,7 @@ class DemoSettings:
         """About a minute: a smoke run of the whole pipeline, not a result."""
         return cls(task_steps=2, max_value=20, n_train=400, n_val=20, n_test=24, hidden=64, layers=2,
                    base_steps=30, train_steps=30, batch_size=16, num_thought_tokens=4, rem_rank=8, rem_alpha=2.0,
-                   lora_rank=8, lora_alpha=2.0)
+                   lora_rank=8, lora_alpha=2.0, latency_items=6)
 
 
 # Settings added after results or data folders were written, at the value every earlier one was made with: an
