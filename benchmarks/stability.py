@@ -209,7 +209,9 @@ def judge_dart(out: Path, name: str) -> dict | None:
         if not done:
             continue
         accs = [100 * runs[run][label]["accuracy"] for run in done]
-        margins = [acc - reference[run] for run, acc in zip(done, accs) if run in reference]
+        # Margins only for the DART variants: No-CoT and PauseFT are the reference itself.
+        margins = [acc - reference[run] for run, acc in zip(done, accs)
+                   if run in reference and label not in ("nocot", "pause")]
         rows[label] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                        "per_run": dict(zip((f"b{b}s{s}" for b, s in done), accs)),
                        "min_margin": min(margins) if margins else None, "lost_on": lost.get(label, []),
