@@ -98,3 +98,15 @@ def test_the_archive_keeps_the_study_s_bases_and_restore_puts_them_back(stabilit
     assert stability.restore(tmp_path / "kept", tmp_path / "elsewhere") == 2
     assert {k: v for k, v in file_hashes(built).items() if k != "dartlm_shipped.json"} == hashes
     assert (tmp_path / "elsewhere" / "dart-s" / "base-0" / "seed-0" / "results" / "nocot-val.json").is_file()
+
+
+def test_a_tie_between_winners_goes_to_the_larger_lambda(stability, tmp_path):
+    for base_seed in stability.BASE_SEEDS:
+        for seed in stability.SEEDS:
+            write_result(stability, tmp_path, base_seed, seed, "nocot", 10.0)
+            write_result(stability, tmp_path, base_seed, seed, "pause", 12.0)
+            write_result(stability, tmp_path, base_seed, seed, "dart-lambda1", 15.5)
+            write_result(stability, tmp_path, base_seed, seed, "dart-lambda5", 15.0)
+    result = stability.judge_dart(tmp_path, "s")
+    assert result["candidates_trained"] == ["dart-lambda5", "dart-lambda1"]
+    assert result["decided"] and result["chosen"] == "dart-lambda5"  # 3.0 against 3.5: within 1 point
