@@ -32,9 +32,9 @@ thread each, and drops the settings that cannot pass (SCREEN_FLOOR below); the f
 
 Runs are resumable: run the same command again after a kill (every finished job is kept, `--save-every`
 checkpoints resume the unfinished ones). A study longer than one machine's life keeps its finished jobs with
-`--archive DIR` (each job's result and per-item scores, a few kB, and the bases the study fine-tunes, 4.4 MB each
-with their hashes; e.g. committed under benchmarks/results/) and puts them back on another machine with `--restore
-DIR` before the same command: a restored job whose settings, data or base differ there is refused by its
+`--archive DIR` (each job's result and per-item scores, a few kB, e.g. committed under benchmarks/results/; with
+`--archive-bases` also the bases the study fine-tunes, 4.4 MB of weights each with their hashes, for an archive kept
+outside git) and puts them back on another machine with `--restore DIR` before the same command: a restored job whose settings, data or base differ there is refused by its
 fingerprint, never mixed in. A base rebuilt, even on the same machine, is another base (its build note differs), so
 a study without its archived bases starts again.
 
@@ -299,16 +299,17 @@ def job_files(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*/base-*/seed-*/results/*.json"), *folder.glob("*/base-*/seed-*/scores/*.jsonl")])
 
 
-def archive(out: Path, to: Path, names: list[str]) -> int:
-    """Copy every finished job of the study into `to` (same relative paths), and the bases its settings fine-tune
-    into `to`/bases (4.4 MB each, with the sha256 of every file): without them a new machine would rebuild the
-    bases, which are other bases there, and every archived job would be refused."""
+def archive(out: Path, to: Path, names: list[str], with_bases: bool = False) -> int:
+    """Copy every finished job of the study into `to` (same relative paths); `with_bases`: also the bases its
+    settings fine-tune, into `to`/bases (4.4 MB of weights each, with the sha256 of every file), for an archive kept
+    outside git. Without them a new machine rebuilds the bases, which are other builds there (their build notes
+    differ), and every archived job is refused by its fingerprint."""
     files = job_files(out)
     for path in files:
         target = to / path.relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    for name in names:
+    for name in names if with_bases else []:
         for base_seed in BASE_SEEDS:
             settings = setting(name, base_seed, 0)
             if not settings.base_steps:
@@ -524,6 +525,8 @@ def main() -> None:
                         f"{','.join(map(str, TEST_SEEDS))})")
     parser.add_argument("--dart", help=f"the test stage's DART candidate, one of {', '.join(DART_CANDIDATES)}")
     parser.add_argument("--archive", help="after the stage, copy every finished job of the study into this folder")
+    parser.add_argument("--archive-bases", action="store_true",
+                        help="with --archive: also the bases (weights: for an archive kept outside git)")
     parser.add_argument("--restore", help="before the stage, put the jobs archived in this folder back")
     parser.add_argument("--eliminate", action="store_true",
                         help="dart stage: one (base, seed) at a time, dropping a candidate once it has lost a run "
@@ -566,7 +569,7 @@ def main() -> None:
             run(out, names, seeds, args.workers, args.save_every, args.stage, args.dart, args.threads,
                 tuple(int(b) for b in args.base_seeds.split(",")))
     if args.archive:
-        print(f"archived {archive(out, Path(args.archive), names)} finished job file(s) into {args.archive}")
+        print(f"archived {archive(out, Path(args.archive), names, args.archive_bases)} finished job file(s) into {args.archive}")
     if args.stage == "screen":
         result = screened(out, names)
         text = screen_table(result)

@@ -92,7 +92,7 @@ def test_the_archive_keeps_the_study_s_bases_and_restore_puts_them_back(stabilit
     write_result(stability, tmp_path / "study", 0, 0, "nocot", 10.0)
     (tmp_path / "study" / "dart-s" / "base-0" / "seed-0" / "scores").mkdir()
     (tmp_path / "study" / "dart-s" / "base-0" / "seed-0" / "scores" / "nocot-val.jsonl").write_text("{}\n")
-    assert stability.archive(tmp_path / "study", tmp_path / "kept", ["s"]) == 2
+    assert stability.archive(tmp_path / "study", tmp_path / "kept", ["s"], with_bases=True) == 2
     hashes = file_hashes(built)
     shutil.rmtree(built)
     assert stability.restore(tmp_path / "kept", tmp_path / "elsewhere") == 2
