@@ -35,8 +35,10 @@ checkpoints resume the unfinished ones). A study longer than one machine's life 
 `--archive DIR` (each job's result and per-item scores, a few kB, e.g. committed under benchmarks/results/; with
 `--archive-bases` also the bases the study fine-tunes, 4.4 MB of weights each with their hashes, for an archive kept
 outside git) and puts them back on another machine with `--restore DIR` before the same command: a restored job whose settings, data or base differ there is refused by its
-fingerprint, never mixed in. A base rebuilt, even on the same machine, is another base (its build note differs), so
-a study without its archived bases starts again.
+fingerprint, never mixed in. A job names its base by the base's settings and file hashes: a base rebuilt to the same
+bytes (the same kind of CPU, one thread) keeps its jobs; one that rounds differently is another base, and a study
+without its archived bases starts again there. Jobs archived before this rule name the base by its build note, which
+records the build's wall time: they are taken only with their own archived bases.
 
 The dart stage can save runs with `--eliminate` (run_eliminating): one (base, seed) at a time, a candidate dropped
 once it has lost a run, which it cannot make up; `--candidates` names those to train. The verdict is the full
@@ -302,8 +304,8 @@ def job_files(folder: Path) -> list[Path]:
 def archive(out: Path, to: Path, names: list[str], with_bases: bool = False) -> int:
     """Copy every finished job of the study into `to` (same relative paths); `with_bases`: also the bases its
     settings fine-tune, into `to`/bases (4.4 MB of weights each, with the sha256 of every file), for an archive kept
-    outside git. Without them a new machine rebuilds the bases, which are other builds there (their build notes
-    differ), and every archived job is refused by its fingerprint."""
+    outside git. Without them a new machine rebuilds the bases; where a rebuild rounds differently it is another
+    base, and every archived job on it is refused by its fingerprint."""
     files = job_files(out)
     for path in files:
         target = to / path.relative_to(out)

@@ -148,9 +148,14 @@ def test_an_archived_base_is_installed_once_and_another_build_in_the_cache_is_re
     assert folder == spec.folder() and file_hashes(folder) == file_hashes(archived)
     assert len(messages) == 1 and "installed" in messages[0]
     assert base_lm.install_base(archived, log=messages.append) == folder and len(messages) == 1  # already there
-    # Another build of the same settings in the cache (its build note differs) is not replaced.
+    # A cache whose build note differs but whose weights are the same is the same base: left as it is.
     note = folder / BASE_FILE
     note.write_text(note.read_text().replace('"train_s"', '"train_s_other"'))
+    assert base_lm.install_base(archived, log=messages.append) == folder and len(messages) == 1
+    # Another build of the same settings in the cache (its weights differ) is not replaced.
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x00\x02")
     with pytest.raises(base_lm.ShippedBaseError, match="another build"):
         base_lm.install_base(archived, log=messages.append)
     # An archive whose files changed is refused, naming the file.
@@ -160,3 +165,36 @@ def test_an_archived_base_is_installed_once_and_another_build_in_the_cache_is_re
         handle.write(b"\x00\x00\x00\x01")
     with pytest.raises(base_lm.ShippedBaseError, match="model.safetensors"):
         base_lm.install_base(archived, log=messages.append)
+
+
+def test_a_rebuilt_base_with_the_same_weights_keeps_its_identity_and_old_results_are_still_taken(tmp_path, monkeypatch):
+    """A job's fingerprint names its base by settings and file hashes, not by the build note (which holds the build's
+    wall time): a base rebuilt to the same bytes keeps its jobs, one with other weights does not. Results written
+    with the build note's digest are still taken while that very note is in the cache."""
+    from dartlm.config import ConfigError
+    from dartlm.experiments.jobs import base_identity, finished_result, legacy_base_identity
+    from dartlm.storage import file_hashes
+
+    monkeypatch.setenv("DARTLM_CACHE", str(tmp_path / "cache"))
+    spec = BaseModelSpec(layers=1, hidden=32, heads=2, vocab_size=300, lines=2000, steps=3, batch_size=4, seq_len=32)
+    folder = ensure_base(spec, log=lambda *_: None)
+    first, first_legacy = base_identity(folder), legacy_base_identity(folder)
+    weights = file_hashes(folder, exclude=(BASE_FILE,))
+    ensure_base(spec, rebuild=True, log=lambda *_: None)
+    assert file_hashes(folder, exclude=(BASE_FILE,)) == weights  # one machine, one thread count: the same bytes
+    assert base_identity(folder) == first
+    # Its note records another wall time: the legacy identity changes, the identity does not.
+    note = json.loads((folder / BASE_FILE).read_text())
+    (folder / BASE_FILE).write_text(json.dumps({**note, "train_s": note["train_s"] + 1}))
+    assert base_identity(folder) == first and legacy_base_identity(folder) != first_legacy
+    # Other weights, another base.
+    with open(folder / "model.safetensors", "r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x00\x00\x03")
+    assert base_identity(folder) != first
+    # A result recorded under the legacy identity is taken only through `also`.
+    result = tmp_path / "nocot-val.json"
+    result.write_text(json.dumps({"fingerprint": "legacy-print"}))
+    assert finished_result(result, "new-print", also=("legacy-print",))
+    with pytest.raises(ConfigError, match="other settings"):
+        finished_result(result, "new-print")

@@ -22,6 +22,8 @@ from dartlm.experiments.data import check_data, prepare_data
 from dartlm.experiments.report import comparison_table, plot_comparison, summarize_comparison
 from dartlm.experiments.settings import DemoSettings, identity, method_config, shared_base
 from dartlm.experiments.variants import Variant
+from dartlm.model.base_lm import BASE_FILE, base_content
+from dartlm.model.offline import SOURCE_FILE
 from dartlm.storage import OutputLock, digest, write_json, write_text
 
 
@@ -96,24 +98,36 @@ def job_fingerprint(settings: DemoSettings, variant: Variant, split: str, data: 
 
 
 def base_identity(base_dir: Path | None) -> str:
-    """The base model a job fine-tunes: its build note (rebuilt base, new identity) or its path."""
+    """The base model a job fine-tunes: a built base's settings and file hashes (base_content), a converted model's
+    source note (its source file's sha256), or else its path."""
     if base_dir is None:
         return "from scratch"
-    for note in ("dartlm_base.json", "dartlm_source.json"):
-        if (base_dir / note).is_file():
-            return digest((base_dir / note).read_text(encoding="utf-8", errors="replace"))
+    if (base_dir / BASE_FILE).is_file():
+        return base_content(base_dir)
+    if (base_dir / SOURCE_FILE).is_file():
+        return digest((base_dir / SOURCE_FILE).read_text(encoding="utf-8", errors="replace"))
     return str(base_dir)
 
 
-def finished_result(path: Path, fingerprint: str) -> bool:
-    """Whether path holds this job's result; a result of other settings is refused, never mixed in."""
+def legacy_base_identity(base_dir: Path | None) -> str | None:
+    """A built base's identity as results written before base_content recorded it: the digest of its build note.
+    Such a result is still taken for a base whose note is byte for byte the one it ran on (the shipped base, the same
+    cached build); only new results survive a rebuild that gives the same weights."""
+    if base_dir is None or not (base_dir / BASE_FILE).is_file():
+        return None
+    return digest((base_dir / BASE_FILE).read_text(encoding="utf-8", errors="replace"))
+
+
+def finished_result(path: Path, fingerprint: str, also: tuple[str, ...] = ()) -> bool:
+    """Whether path holds this job's result (its fingerprint, or one of `also`: the same job as recorded by an earlier
+    version); a result of other settings is refused, never mixed in."""
     if not path.is_file():
         return False
     try:
         found = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
     except (ValueError, AttributeError, UnicodeDecodeError):
         return False  # unreadable (written by an older version, not atomically): done again
-    if found != fingerprint:
+    if found != fingerprint and found not in also:
         raise ConfigError(f"{path}: holds a result of other settings (fingerprint {found}, these settings give "
                           f"{fingerprint}); use another --output-dir, or delete it to run it again")
     return True
@@ -121,7 +135,8 @@ def finished_result(path: Path, fingerprint: str) -> bool:
 
 def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_items, split, log, threads) -> dict:
     started = time.perf_counter()
-    base = base_identity(shared_base(settings, log))  # built once here, before the workers, so they never race
+    base_dir = shared_base(settings, log)  # built once here, before the workers, so they never race
+    base, legacy_base = base_identity(base_dir), legacy_base_identity(base_dir)
     jobs = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
@@ -132,7 +147,8 @@ def _run_comparison(variants, settings, seeds, out_dir: Path, workers, latency_i
         for variant in variants:
             result_path = job_path(out_dir, seed, variant, split)
             fingerprint = job_fingerprint(current, variant, split, data, base)
-            if finished_result(result_path, fingerprint):
+            legacy = (job_fingerprint(current, variant, split, data, legacy_base),) if legacy_base else ()
+            if finished_result(result_path, fingerprint, also=legacy):
                 continue  # done in an earlier, interrupted run
             jobs.append({"settings": asdict(current), "variant": asdict(variant), "seed_dir": str(seed_dir),
                          "result_path": str(result_path), "threads": threads, "split": split,

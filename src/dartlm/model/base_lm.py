@@ -74,6 +74,14 @@ def is_built(folder: Path) -> bool:
     return (folder / BASE_FILE).is_file()
 
 
+def base_content(folder: Path) -> str:
+    """What a built base is to the jobs that fine-tune it: its settings and the sha256 of its weights, config and
+    tokenizer. Two builds with the same bytes are one base, whatever their build notes say (a note records the wall
+    time of its build); a build that rounds differently (another CPU, another thread count) is another base."""
+    note = json.loads((folder / BASE_FILE).read_text(encoding="utf-8"))
+    return digest({"spec": note["spec"], "files": file_hashes(folder, exclude=(BASE_FILE, SHIPPED_FILE))})
+
+
 # Bases shipped inside the package (dartlm/assets/base/<cache folder name>/), so that every machine fine-tunes the
 # very same weights: a base built on another CPU differs by rounding from the first step on.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "base"
@@ -157,9 +165,9 @@ def _copy_checked(source: Path, folder: Path) -> dict:
 def install_base(source: Path, *, log=print) -> Path:
     """Put a base written by `ship_base` somewhere else than the package (e.g. a study's archive) into the cache.
 
-    A study that outlives its machine keeps its bases this way: a base rebuilt elsewhere, or even here, is another
-    base (its build note differs), and the study's finished jobs would be refused by their fingerprints. A cache
-    that already holds the same build is left as it is; one that holds another build of the same settings is
+    A study that outlives its machine keeps its bases this way: a base rebuilt on a machine that rounds differently
+    is another base (base_content), and the study's finished jobs would be refused by their fingerprints. A cache
+    that already holds the same weights is left as it is; one that holds another build of the same settings is
     refused rather than replaced, since jobs already run on it would then be mixed with jobs on the archived one.
     """
     record = json.loads((source / SHIPPED_FILE).read_text(encoding="utf-8"))
@@ -169,9 +177,9 @@ def install_base(source: Path, *, log=print) -> Path:
         raise ShippedBaseError(f"{source}: its settings make the folder {folder.name}, not {source.name}")
     with OutputLock(folder, "base model", wait=True):
         if is_built(folder):
-            if (folder / BASE_FILE).read_bytes() != (source / BASE_FILE).read_bytes():
-                raise ShippedBaseError(f"{folder}: the cache holds another build of this base than {source} (the "
-                                       f"build notes differ); move it away to install the archived one")
+            if base_content(folder) != base_content(source):
+                raise ShippedBaseError(f"{folder}: the cache holds another build of this base than {source} (their "
+                                       f"weights differ); move it away to install the archived one")
             return folder
         record = _copy_checked(source, folder)
     log(f"base model: installed {source.name} from {source.parent} (content {record['content']})")
