@@ -9,6 +9,11 @@ between variants are measured under the same conditions; engines are timed one a
         --data ../shared/data/.../test.txt --items 200 --latency-items 50 --converter PATH/TO/llama.cpp \\
         --work-dir /tmp/engines --output benchmarks/results/engines-smollm2-135m
 
+Scoring takes most of the time (every export on every engine, one question at a time) and needs no quiet machine:
+`--accuracy-only` scores and stops, and several such processes (e.g. one per `--engines` subset) can run side by
+side or beside other jobs. Scores are kept per item in the work folder, so the full command afterwards scores
+nothing again and only times, on a quiet machine.
+
 The claims checked (the deployment side of DART's case): DART/PauseFT <= 1.02x and CoT/DART >= 3x in latency per
 engine, DART/No-CoT beside the prompt-token ratio, and DART's accuracy loss under int8 no larger than No-CoT's.
 """
@@ -142,8 +147,12 @@ def main() -> None:
     parser.add_argument("--converter", help="llama.cpp's folder or its convert_hf_to_gguf.py ($DARTLM_LLAMA_CPP)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", required=True, help="where the engines' folders and per-item scores go")
-    parser.add_argument("--output", required=True, help="writes <output>.json, .md and .png")
+    parser.add_argument("--output", help="writes <output>.json, .md and .png (required unless --accuracy-only)")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="score every export on every engine (kept in the work folder) and stop: nothing is timed")
     args = parser.parse_args()
+    if not (args.output or args.accuracy_only):
+        parser.error("--output is required unless --accuracy-only")
 
     import torch
 
@@ -168,11 +177,16 @@ def main() -> None:
         scores = {label: accuracy(folder, engine, args.data, args.items,
                                   work / "scores" / name.replace(" ", "-") / f"{label}.json")
                   for label, folder in folders.items()}
+        if args.accuracy_only:
+            print(f"{name}: " + ", ".join(f"{label} {r['strict']:.1f}%" for label, r in scores.items()), flush=True)
+            continue
         timed = interleaved_latency(folders, questions, threads=args.threads, engine=engine)
         rows[name] = {label: {"accuracy": scores[label], "prompt_tokens": tokens[label], **timed["variants"][label],
                               "folder": str(folders[label])} for label in exports}
         print(f"{name}: " + ", ".join(f"{label} {r['accuracy']['strict']:.1f}% {r['latency_ms']['median']:.1f} ms"
                                       for label, r in rows[name].items()), flush=True)
+    if args.accuracy_only:
+        return
     result = {"machine": machine_info("cpu"), "exports": exports, "data": args.data, "items": args.items,
               "latency_items": args.latency_items, "threads": args.threads, "engines": rows, "claims": claims(rows)}
     output = Path(args.output)

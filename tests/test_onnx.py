@@ -78,3 +78,44 @@ def test_int8_dynamic_quantisation_runs_and_records_its_distance(tmp_path, train
     engine, tokenizer, spec = load_onnx(tmp_path / "int8")
     generations, _ = decode_prompts(engine, tokenizer, spec, prompt_ids(QUESTIONS, tokenizer, spec), max_new_tokens=8)
     assert len(generations) == len(QUESTIONS)
+
+
+def test_engines_benchmark_scores_apart_from_timing_and_reuses_its_scores(tmp_path, train_file):
+    """benchmarks/engines.py: --accuracy-only scores every export on every engine and times nothing; the full run
+    afterwards scores nothing again (the per-item streams keep their lines) and only times, then checks the claims."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exports = []
+    for method in ("nocot", "dart"):
+        config = load_config(f"tiny/{method}", [f"data.train_path={train_file}", "training.max_steps=10",
+                                                "training.batch_size=8"])
+        train(config, tmp_path / f"run-{method}")
+        export_run(tmp_path / f"run-{method}", tmp_path / method, log=lambda *_: None)
+        exports.append(f"{method}={tmp_path / method}")
+    data = tmp_path / "test.txt"
+    write_arithmetic_file(data, count=4, seed=5)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "engines.py"
+    common = [sys.executable, str(script), "--exports", *exports, "--data", str(data), "--items", "4",
+              "--latency-items", "2", "--engines", "torch fp32,onnxruntime fp32", "--threads", "1",
+              "--work-dir", str(tmp_path / "work")]
+    scored = subprocess.run([*common, "--accuracy-only"], capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    streams = sorted((tmp_path / "work" / "scores").rglob("*.jsonl"))
+    assert len(streams) == 4  # 2 engines x 2 exports
+    lines = {p: p.read_text().count("\n") for p in streams}
+    assert all(n == 5 for n in lines.values())  # a header and 4 items, no latency lines
+    assert not list(tmp_path.glob("result*"))
+    out = tmp_path / "result"
+    timed = subprocess.run([*common, "--output", str(out)], capture_output=True, text=True)
+    assert timed.returncode == 0, timed.stderr[-2000:]
+    assert {p: p.read_text().count("\n") for p in streams} == lines  # nothing scored again
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["engines"]) == {"torch fp32", "onnxruntime fp32"}
+    for rows in result["engines"].values():
+        assert rows["dart"]["accuracy"]["n"] == 4 and rows["dart"]["latency_ms"]["median"] > 0
+    assert set(result["claims"]["onnxruntime fp32"]) == {"DART/No-CoT latency", "DART/No-CoT prompt tokens"}
+    assert out.with_suffix(".md").is_file() and out.with_suffix(".png").is_file()
+    missing = subprocess.run(common, capture_output=True, text=True)
+    assert missing.returncode == 2 and "--output is required" in missing.stderr
