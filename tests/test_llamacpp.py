@@ -110,3 +110,18 @@ def test_llama_cpp_gives_dartlms_greedy_tokens(tmp_path):
                                 max_new_tokens=4)
     assert answers[0].num_tokens == 4
     assert (tmp_path / "q4" / "model.gguf").stat().st_size < (tmp_path / "f32" / "model.gguf").stat().st_size / 3
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_a_build_with_amx_kernels_is_warned_about_with_the_rebuild_command(monkeypatch, caplog, amx):
+    import sys
+    import types
+
+    from dartlm.engines import llamacpp
+
+    info = b"CPU : AVX2 = 1 | AVX512 = 1 | " + (b"AMX_INT8 = 1 | " if amx else b"") + b"OPENMP = 1 |"
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(llama_print_system_info=lambda: info))
+    with caplog.at_level("WARNING", logger="dartlm.engines.llamacpp"):
+        llamacpp._import_llama_cpp()
+    warned = [r.getMessage() for r in caplog.records if "AMX" in r.getMessage()]
+    assert (len(warned) == 1 and "-DGGML_AMX_INT8=OFF" in warned[0]) if amx else not warned

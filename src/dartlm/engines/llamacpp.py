@@ -18,6 +18,7 @@ Models whose answer comes from token prompts decode here: No-CoT, CoT, PauseFT, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from dartlm.engines import (CONVERTER_ENV, GGUF_CONVERTED, GGUF_OUTTYPES, GGUF_Q
                             token_prompted_spec)
 from dartlm.model.export import ExportError, model_fingerprint
 from dartlm.thinking.decoding import Step
+
+logger = logging.getLogger(__name__)
 
 GGUF_FILE = "model.gguf"
 ENGINE_FILE = "dartlm_llamacpp.json"  # how the file was made, and what it was checked against
@@ -55,12 +58,23 @@ def find_converter(converter: str | os.PathLike | None = None) -> Path:
     return script
 
 
+# llama.cpp's AMX kernels (a native build on a CPU that has AMX) crashed the process with a segmentation fault on
+# q8_0 and q4_K_M files on a virtual Intel Xeon (llama-cpp-python 0.3.36), f32 files not; a build without them works.
+AMX_REBUILD = ('CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON '
+               '-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF" pip install --force-reinstall '
+               '--no-deps --no-cache-dir llama-cpp-python==0.3.36')
+
+
 def _import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
         raise ExportError("llama-cpp-python is not installed: pip install -e \".[llamacpp]\" (it builds llama.cpp "
                           "from source)") from None
+    info = llama_cpp.llama_print_system_info()
+    if "AMX_INT8 = 1" in (info.decode(errors="replace") if isinstance(info, bytes) else str(info)):
+        logger.warning("this llama.cpp build runs AMX kernels, which crashed with a segmentation fault on quantised "
+                       "files on some machines; if that happens here, rebuild it without them: %s", AMX_REBUILD)
     return llama_cpp
 
 
