@@ -61,7 +61,7 @@ from dartlm.experiments.jobs import run_comparison
 from dartlm.experiments.report import answer_variety
 from dartlm.experiments.settings import DemoSettings, apply_settings, base_spec, shared_base
 from dartlm.experiments.variants import resolve_variants
-from dartlm.model.base_lm import BASE_FILE, install_base, is_built, ship_base
+from dartlm.model.base_lm import base_content, install_base, is_built, ship_base
 
 # Settings, as `--set` assignments on top of the demo's defaults. "current" is the demo's default regime.
 SETTINGS = {
@@ -317,8 +317,8 @@ def archive(out: Path, to: Path, names: list[str], with_bases: bool = False) -> 
             if not settings.base_steps:
                 continue
             built = base_spec(settings).folder()
-            kept = to / "bases" / built.name / BASE_FILE
-            if is_built(built) and not (kept.is_file() and kept.read_bytes() == (built / BASE_FILE).read_bytes()):
+            kept = to / "bases" / built.name
+            if is_built(built) and not (is_built(kept) and base_content(kept) == base_content(built)):
                 ship_base(base_spec(settings), built, to / "bases")
     return len(files)
 
