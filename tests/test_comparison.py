@@ -204,3 +204,38 @@ def test_a_comparison_says_when_its_jobs_ran_on_several_machines():
     del results["nocot"][0]["machine"]  # a result written before machines were recorded
     summary = summarize_comparison([VARIANTS["nocot"]], results, not_timed(["nocot"]), DemoSettings(), [0, 1])
     assert summary["job_machines"] == ["AMD EPYC (AVX2)", "unrecorded"]
+
+
+def _write_scores(path: Path, outcomes: list[bool]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"type": "header"})] + [json.dumps({"type": "item", "id": f"q{i}", "strict": ok, "target": "1",
+                                                            "strict_prediction": "1" if ok else "2"})
+                                                for i, ok in enumerate(outcomes)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_paired_differences_and_sign_test_by_hand(tmp_path):
+    from dartlm.experiments.report import comparison_table, paired_differences, sign_test_p, summarize_comparison
+    from dartlm.eval.latency import not_timed
+    from dartlm.experiments.settings import DemoSettings
+
+    # 6 items only the first got right, 1 only the second: P(X <= 1 | n = 7, 1/2) = 8/128, two-sided 0.125.
+    assert sign_test_p(6, 1) == pytest.approx(0.125)
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0  # no discordant items; an even split
+    assert sign_test_p(5, 0) == pytest.approx(2 / 32)
+    # Seed 0: dart right on items 0-3, nocot on 2-4 (dart only: 0, 1; nocot only: 4). Seed 1: the same on items 0-1.
+    _write_scores(tmp_path / "seed-0" / "scores" / "dart-test.jsonl", [True, True, True, True, False])
+    _write_scores(tmp_path / "seed-0" / "scores" / "nocot-test.jsonl", [False, False, True, True, True])
+    _write_scores(tmp_path / "seed-1" / "scores" / "dart-test.jsonl", [True, False, False, False, False])
+    _write_scores(tmp_path / "seed-1" / "scores" / "nocot-test.jsonl", [True, False, False, False, False])
+    variants = [VARIANTS["nocot"], VARIANTS["dart"]]
+    (pair,) = paired_differences(variants, tmp_path, [0, 1], "test")  # each pair once, DART first
+    assert (pair["first"], pair["second"], pair["items"]) == ("dart", "nocot", 10)
+    assert (pair["first_only"], pair["second_only"], pair["seeds_first_ahead"]) == (2, 1, 1)
+    assert pair["difference"] == pytest.approx(10.0) and pair["sign_test_p"] == pytest.approx(1.0)  # 2 vs 1
+    assert [s["first_only"] for s in pair["per_seed"]] == [2, 0]
+    # A variant without scores on a seed gives no pair rather than a pair over fewer items.
+    assert paired_differences(variants, tmp_path, [0, 1, 2], "test") == []
+    results = {v.label: [{"accuracy": 0.5, "train_s": 1.0, "n": 5}] * 2 for v in variants}
+    summary = summarize_comparison(variants, results, not_timed(["nocot", "dart"]), DemoSettings(), [0, 1], tmp_path)
+    assert "| dart − nocot | +10.0 | 2 / 1 | 1 | 1 of 2 |" in comparison_table(summary)
