@@ -239,3 +239,28 @@ def test_paired_differences_and_sign_test_by_hand(tmp_path):
     results = {v.label: [{"accuracy": 0.5, "train_s": 1.0, "n": 5}] * 2 for v in variants}
     summary = summarize_comparison(variants, results, not_timed(["nocot", "dart"]), DemoSettings(), [0, 1], tmp_path)
     assert "| dart − nocot | +10.0 | 2 / 1 | 1 | 1 of 2 |" in comparison_table(summary)
+
+
+def test_a_comparison_over_seeds_lists_every_runs_loss_terms_and_answers(tmp_path):
+    from dartlm.experiments.report import comparison_table, summarize_comparison
+    from dartlm.eval.latency import not_timed
+    from dartlm.experiments.settings import DemoSettings
+
+    # Seed 1's DART answers one constant: the mean over seeds (2.5 distinct answers) hides it, the run's row shows it.
+    _write_scores(tmp_path / "seed-0" / "scores" / "dart-test.jsonl", [True, True, False, False])
+    (tmp_path / "seed-1" / "scores").mkdir(parents=True)
+    (tmp_path / "seed-1" / "scores" / "dart-test.jsonl").write_text("\n".join(
+        json.dumps({"type": "item", "id": f"q{i}", "strict": i == 0, "target": str(i), "strict_prediction": "0"})
+        for i in range(4)) + "\n")
+    results = {"dart": [{"accuracy": 0.5, "train_s": 1.0, "n": 4,
+                         "final_terms": {"loss": 1.5, "loss_cot": 0.25, "loss_st": 0.75, "loss_distill": 0.0625,
+                                         "teacher_spread": 0.125}},
+                        {"accuracy": 0.25, "train_s": 1.0, "n": 4, "final_terms": {"loss": 2.0, "loss_st": 0.875}}]}
+    summary = summarize_comparison([VARIANTS["dart"]], results, not_timed(["dart"]), DemoSettings(), [0, 1], tmp_path)
+    table = comparison_table(summary)
+    assert "| dart | 0 | 50.0 | 1.5 | 0.25 | 0.75 | 0.0625 | 0.125 | 2 | 50.0 |" in table
+    assert "| dart | 1 | 25.0 | 2 | – | 0.875 | – | – | 1 | 100.0 |" in table
+    # One seed: the mean is the run, so no second table.
+    one = summarize_comparison([VARIANTS["dart"]], {"dart": results["dart"][:1]}, not_timed(["dart"]), DemoSettings(),
+                               [0], tmp_path)
+    assert "run by run" not in comparison_table(one)

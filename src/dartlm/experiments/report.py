@@ -117,6 +117,26 @@ TERMS = (("loss_cot", "L_CoT"), ("loss_st", "L_ST"), ("loss_distill", "L_distill
          ("mix_weight", "mixing weight"), ("teacher_nll", "teacher NLL"), ("rewarded", "rewarded share"))
 
 
+def per_seed_terms(summary: dict, terms) -> list[str]:
+    """The loss terms and answers of every run, seed by seed: a mean over seeds can hide one run that collapsed."""
+    lines = ["", "The same, run by run.", "",
+             "| variant | seed | accuracy % | loss | " + " | ".join(name for _, name in terms) +
+             " | distinct answers | top answer % |",
+             "|---|---|---|---|" + "---|" * len(terms) + "---|---|"]
+    for label, row in summary["variants"].items():
+        runs = row.get("final_terms_per_seed") or []
+        varieties = row.get("answer_variety_per_seed") or []
+        for i, seed in enumerate(summary["seeds"]):
+            run = runs[i] if i < len(runs) else {}
+            variety = varieties[i] if i < len(varieties) else None
+            cells = [f"{row['accuracy_per_seed'][i]:.1f}"]
+            cells += [f"{run[key]:.4g}" if key in run else "–" for key in ("loss",) + tuple(k for k, _ in terms)]
+            cells += [f"{variety['distinct_answers']}", f"{100 * variety['top_answer_share']:.1f}"] if variety \
+                else ["–", "–"]
+            lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def comparison_table(summary: dict) -> str:
     split = {"test": "test", "val": "validation"}[summary.get("split", "test")]
     lines = [
@@ -155,6 +175,8 @@ def comparison_table(summary: dict) -> str:
         cells.append(f"{statistics.fmean(v['distinct_answers'] for v in variety):.1f}" if variety else "–")
         cells.append(f"{100 * statistics.fmean(v['top_answer_share'] for v in variety):.1f}" if variety else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if len(summary["seeds"]) > 1:
+        lines += per_seed_terms(summary, terms)
     baselines = [v["frequency_baseline"] for row in summary["variants"].values()
                  for v in row.get("answer_variety_per_seed") or [] if v]
     if baselines:
